@@ -1,0 +1,3 @@
+from lods.cli import app
+
+app(prog_name="lods")

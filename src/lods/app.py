@@ -1,0 +1,101 @@
+"""The FastAPI application: JSON API under /api, DICOMweb under /dicom-web, the web UI."""
+
+from __future__ import annotations
+
+from typing import Any
+from urllib.parse import quote
+
+from fastapi import FastAPI, Request
+from fastapi.openapi.docs import get_swagger_ui_html
+from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse, Response
+from fastapi.staticfiles import StaticFiles
+from sqlalchemy import text
+
+from lods import __version__
+from lods.audit import api as audit_api
+from lods.audit import views as audit_views
+from lods.auth import api as auth_api
+from lods.auth import views as auth_views
+from lods.auth.deps import CurrentUser, Forbidden, NotAuthenticated
+from lods.imaging import api as imaging_api
+from lods.imaging import dicomweb
+from lods.imaging import views as imaging_views
+from lods.runtime import Runtime
+from lods.sites import api as sites_api
+from lods.sites import views as sites_views
+from lods.web.templating import STATIC_DIR
+
+#: Every router of the app, in one explicit list.
+ROUTERS = [
+    auth_views.router,
+    auth_api.router,
+    audit_views.router,
+    audit_api.router,
+    sites_views.router,
+    sites_api.router,
+    imaging_views.router,
+    imaging_api.router,
+    dicomweb.router,
+]
+
+_MACHINE_PREFIXES = ("/api", "/dicom-web", "/fhir")
+
+
+def _wants_html(request: Request) -> bool:
+    if request.url.path.startswith(_MACHINE_PREFIXES):
+        return False
+    return "text/html" in request.headers.get("accept", "")
+
+
+def create_app(runtime: Runtime) -> FastAPI:
+    """Return the Lods web application bound to `runtime` (settings and database)."""
+    app = FastAPI(
+        title="Lods",
+        version=__version__,
+        description="Certified clinical AI in everyday hospital use, under clinicians' control.",
+        docs_url=None,
+        redoc_url=None,
+        openapi_url=None,
+    )
+    app.state.runtime = runtime
+
+    @app.exception_handler(NotAuthenticated)
+    async def _not_authenticated(request: Request, _exc: NotAuthenticated) -> Response:
+        if _wants_html(request):
+            target = request.url.path + (f"?{request.url.query}" if request.url.query else "")
+            return RedirectResponse(f"/login?next={quote(target)}", status_code=303)
+        return JSONResponse(
+            {"detail": "authentication required"},
+            status_code=401,
+            headers={"WWW-Authenticate": 'Bearer realm="lods"'},
+        )
+
+    @app.exception_handler(Forbidden)
+    async def _forbidden(request: Request, exc: Forbidden) -> Response:
+        if _wants_html(request):
+            return HTMLResponse(
+                "<!doctype html><title>403</title><h1>403 Forbidden</h1>"
+                "<p>Your role does not give access to this page.</p>",
+                status_code=403,
+            )
+        return JSONResponse({"detail": str(exc)}, status_code=403)
+
+    @app.get("/healthz", include_in_schema=False)
+    def healthz() -> dict[str, Any]:
+        """Liveness and database reachability, for load balancers; no patient data."""
+        with runtime.engine.connect() as conn:
+            conn.execute(text("SELECT 1"))
+        return {"status": "ok", "version": __version__}
+
+    @app.get("/api/openapi.json", include_in_schema=False)
+    def openapi_json(_user: CurrentUser) -> dict[str, Any]:
+        return app.openapi()
+
+    @app.get("/api/docs", include_in_schema=False)
+    def openapi_docs(_user: CurrentUser) -> HTMLResponse:
+        return get_swagger_ui_html(openapi_url="/api/openapi.json", title="Lods API")
+
+    for router in ROUTERS:
+        app.include_router(router)
+    app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")
+    return app

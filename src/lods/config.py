@@ -1,0 +1,133 @@
+"""The one typed settings object: `LODS_*` environment variables over an optional TOML file."""
+
+from __future__ import annotations
+
+import os
+import secrets
+from functools import lru_cache
+from pathlib import Path
+from typing import Any
+
+from pydantic import Field, field_validator
+from pydantic_settings import (
+    BaseSettings,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+    TomlConfigSettingsSource,
+)
+
+#: The EU AI Act asks deployers to keep logs of AI use for at least six months.
+MIN_AUDIT_RETENTION_DAYS = 183
+
+
+def _toml_file() -> Path | None:
+    path = os.environ.get("LODS_CONFIG_FILE")
+    return Path(path) if path else None
+
+
+class Settings(BaseSettings):
+    """Every knob of a Lods installation, read from `LODS_*` variables or a TOML file."""
+
+    model_config = SettingsConfigDict(env_prefix="LODS_", extra="ignore")
+
+    data_dir: Path = Field(Path("./lods-data"), description="Blob store, quarantine, secrets")
+    database_url: str | None = Field(None, description="SQLAlchemy URL; default SQLite in data dir")
+    host: str = "127.0.0.1"
+    http_port: int = 8000
+    dicom_port: int = 11112
+    dicom_ae_title: str = "LODS"
+    dicom_max_pdu: int = Field(
+        1_048_576, description="Largest P-DATA PDU we accept; large PDUs make intake faster"
+    )
+    dicom_accept_unknown_ae: bool = Field(
+        False, description="Accept unknown calling AE titles into the 'unassigned' site"
+    )
+    stable_seconds: float = Field(60.0, description="Quiet period before a study counts as stable")
+    secret_key: str | None = Field(None, description="Signing key; generated in data dir if unset")
+    session_hours: float = 12.0
+    cookie_secure: bool = False
+    login_max_failures: int = 5
+    login_lockout_minutes: float = 15.0
+    audit_retention_days: int = MIN_AUDIT_RETENTION_DAYS
+    default_language: str = "en"
+
+    @field_validator("dicom_ae_title")
+    @classmethod
+    def _ae_title_is_valid(cls, value: str) -> str:
+        value = value.strip()
+        if not value or len(value) > 16:
+            raise ValueError("an AE title is 1 to 16 characters")
+        return value
+
+    @field_validator("audit_retention_days")
+    @classmethod
+    def _retention_at_least_six_months(cls, value: int) -> int:
+        if value < MIN_AUDIT_RETENTION_DAYS:
+            raise ValueError(
+                f"audit retention must be at least {MIN_AUDIT_RETENTION_DAYS} days (6 months)"
+            )
+        return value
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        sources: list[PydanticBaseSettingsSource] = [init_settings, env_settings]
+        toml = _toml_file()
+        if toml is not None:
+            sources.append(TomlConfigSettingsSource(settings_cls, toml_file=toml))
+        return tuple(sources)
+
+    # Derived locations -------------------------------------------------------------
+
+    @property
+    def resolved_database_url(self) -> str:
+        """Return the database URL, SQLite inside the data dir unless one is set."""
+        if self.database_url:
+            return self.database_url
+        return f"sqlite:///{(self.data_dir / 'lods.sqlite3').resolve()}"
+
+    @property
+    def blob_dir(self) -> Path:
+        return self.data_dir / "blobs"
+
+    @property
+    def quarantine_dir(self) -> Path:
+        return self.data_dir / "quarantine"
+
+    @property
+    def tmp_dir(self) -> Path:
+        return self.data_dir / "tmp"
+
+    def ensure_dirs(self) -> None:
+        """Create the data folders this installation writes to."""
+        for path in (self.data_dir, self.blob_dir, self.quarantine_dir, self.tmp_dir):
+            path.mkdir(parents=True, exist_ok=True)
+
+    def signing_key(self) -> str:
+        """Return the secret key, creating a private one in the data dir on first use."""
+        if self.secret_key:
+            return self.secret_key
+        self.ensure_dirs()
+        path = self.data_dir / "secret.key"
+        if not path.exists():
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            with os.fdopen(fd, "w") as fh:
+                fh.write(secrets.token_urlsafe(48))
+        return path.read_text().strip()
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    """Return the process-wide settings (tests build their own `Settings` instead)."""
+    return Settings()
+
+
+def settings_from(**overrides: Any) -> Settings:
+    """Build settings with explicit overrides on top of the environment."""
+    return Settings(**overrides)
