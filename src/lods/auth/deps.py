@@ -75,14 +75,19 @@ def get_settings_dep(request: Request) -> Settings:
 
 
 def get_db(request: Request) -> Iterator[Session]:
-    """Yield a session in a transaction that commits when the route returns normally."""
+    """Yield a session in a transaction that commits when the route returns normally.
+
+    Used with `scope="function"`: the commit happens before the response is sent, so a
+    client never sees an answer whose audit event or change is not yet durable, and no
+    database lock is held while the response streams out.
+    """
     with get_runtime(request).sessions() as session, session.begin():
         yield session
 
 
 RuntimeDep = Annotated[Runtime, Depends(get_runtime)]
 SettingsDep = Annotated[Settings, Depends(get_settings_dep)]
-SessionDep = Annotated[Session, Depends(get_db)]
+SessionDep = Annotated[Session, Depends(get_db, scope="function")]
 
 
 def _principal(user: User, *, via: str, session_id: int | None, source: str) -> Principal:
@@ -159,9 +164,7 @@ def require_roles(*roles: Role) -> Any:
 
 
 # Who may do what. Routes name these sets rather than listing roles inline.
-CLINICAL_IMAGING_READERS = frozenset(
-    {Role.RADIOLOGIST, Role.PHYSICIAN, Role.AI_OWNER, Role.ADMIN}
-)
+CLINICAL_IMAGING_READERS = frozenset({Role.RADIOLOGIST, Role.PHYSICIAN, Role.AI_OWNER, Role.ADMIN})
 IMAGING_WRITERS = frozenset({Role.RADIOLOGIST, Role.ADMIN})
 ADMINS = frozenset({Role.ADMIN})
 AUDITORS = frozenset({Role.AUDITOR})
