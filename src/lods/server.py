@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import logging
+import signal
 from collections.abc import Iterator
 from contextlib import contextmanager
+from types import FrameType
 
 import uvicorn
 
@@ -31,28 +33,65 @@ def background_services(runtime: Runtime) -> Iterator[DicomServer]:
         dicom.stop()
 
 
-def run_server(settings: Settings) -> None:
-    """Serve until SIGINT/SIGTERM; uvicorn handles the signals and returns."""
-    runtime = Runtime.open(settings)
-    app = create_app(runtime)
+class _Stopped(Exception):
+    """SIGINT or SIGTERM arrived: leave the serving block, closing the DICOM node."""
+
+
+def _stop(_signum: int, _frame: FrameType | None) -> None:
+    raise _Stopped
+
+
+@contextmanager
+def stopped_by_signals() -> Iterator[None]:
+    """Turn SIGINT/SIGTERM into a clean exit of the block.
+
+    uvicorn handles both while it runs, then restores the handlers it found and raises
+    the signal again; with the default handlers SIGTERM would end the process before the
+    DICOM node finishes its associations and the database is closed.
+    """
+    wanted = (signal.SIGINT, signal.SIGTERM)
+    previous = {sig: signal.signal(sig, _stop) for sig in wanted}
+    try:
+        yield
+    except _Stopped:
+        log.info("stopped by signal")
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+
+def make_http_server(runtime: Runtime, *, log_level: str = "info") -> uvicorn.Server:
+    """Return a uvicorn server for the app of `runtime`, bound as the settings say."""
+    settings = runtime.settings
     config = uvicorn.Config(
-        app,
+        create_app(runtime),
         host=settings.host,
         port=settings.http_port,
-        log_level="info",
+        log_level=log_level,
         access_log=False,
         proxy_headers=False,
     )
+    return uvicorn.Server(config)
+
+
+def serve(runtime: Runtime, server: uvicorn.Server) -> None:
+    """Serve HTTP, DICOM and the watcher until SIGINT/SIGTERM, then stop them in order."""
+    with stopped_by_signals(), background_services(runtime):
+        server.run()
+
+
+def run_server(settings: Settings) -> None:
+    """Run `lods serve`: migrate, then serve until stopped."""
+    runtime = Runtime.open(settings)
     try:
-        with background_services(runtime):
-            log.info(
-                "Lods is serving http://%s:%d/ and DICOM %s@%s:%d",
-                settings.host,
-                settings.http_port,
-                settings.dicom_ae_title,
-                settings.host,
-                settings.dicom_port,
-            )
-            uvicorn.Server(config).run()
+        log.info(
+            "Lods is serving http://%s:%d/ and DICOM %s@%s:%d",
+            settings.host,
+            settings.http_port,
+            settings.dicom_ae_title,
+            settings.host,
+            settings.dicom_port,
+        )
+        serve(runtime, make_http_server(runtime))
     finally:
         runtime.close()
