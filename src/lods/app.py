@@ -10,6 +10,7 @@ from fastapi.openapi.docs import get_swagger_ui_html
 from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse, Response
 from fastapi.staticfiles import StaticFiles
 from sqlalchemy import text
+from swagger_ui_bundle import swagger_ui_path
 
 from lods import __version__
 from lods.audit import api as audit_api
@@ -35,7 +36,6 @@ ROUTERS = [
     sites_api.router,
     imaging_views.router,
     imaging_api.router,
-    dicomweb.router,
 ]
 
 _MACHINE_PREFIXES = ("/api", "/dicom-web", "/fhir")
@@ -61,6 +61,9 @@ def create_app(runtime: Runtime) -> FastAPI:
 
     @app.exception_handler(NotAuthenticated)
     async def _not_authenticated(request: Request, _exc: NotAuthenticated) -> Response:
+        if request.headers.get("hx-request") == "true":
+            # An htmx fragment request after the session ended: send the page to login.
+            return Response(status_code=401, headers={"HX-Redirect": "/login"})
         if _wants_html(request):
             target = request.url.path + (f"?{request.url.query}" if request.url.query else "")
             return RedirectResponse(f"/login?next={quote(target)}", status_code=303)
@@ -93,9 +96,19 @@ def create_app(runtime: Runtime) -> FastAPI:
 
     @app.get("/api/docs", include_in_schema=False)
     def openapi_docs(_user: CurrentUser) -> HTMLResponse:
-        return get_swagger_ui_html(openapi_url="/api/openapi.json", title="Lods API")
+        # Served from the installed swagger-ui-bundle: hospital networks often block CDNs.
+        return get_swagger_ui_html(
+            openapi_url="/api/openapi.json",
+            title="Lods API",
+            swagger_js_url="/api/docs-assets/swagger-ui-bundle.js",
+            swagger_css_url="/api/docs-assets/swagger-ui.css",
+            swagger_favicon_url="/api/docs-assets/favicon-32x32.png",
+        )
 
     for router in ROUTERS:
         app.include_router(router)
+    for router in dicomweb.ROUTERS:
+        app.include_router(router, prefix=dicomweb.PREFIX, tags=["DICOMweb"])
     app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")
+    app.mount("/api/docs-assets", StaticFiles(directory=swagger_ui_path), name="docs-assets")
     return app

@@ -14,7 +14,9 @@ from lods.config import get_settings
 from lods.migrations import upgrade
 from lods.sites.cli import app as site_app
 
-app = typer.Typer(help="Lods: certified clinical AI under clinicians' control.", no_args_is_help=True)
+app = typer.Typer(
+    help="Lods: certified clinical AI under clinicians' control.", no_args_is_help=True
+)
 db_app = typer.Typer(help="Database maintenance.", no_args_is_help=True)
 app.add_typer(db_app, name="db")
 app.add_typer(user_app, name="user")

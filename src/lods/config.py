@@ -43,6 +43,14 @@ class Settings(BaseSettings):
         False, description="Accept unknown calling AE titles into the 'unassigned' site"
     )
     stable_seconds: float = Field(60.0, description="Quiet period before a study counts as stable")
+    public_url: str | None = Field(
+        None,
+        description="Base URL clients reach Lods at (e.g. https://lods.example.org); "
+        "used in DICOMweb RetrieveURL/BulkDataURI; default: from each request",
+    )
+    stow_max_bytes: int = Field(
+        4 * 1024**3, description="Largest STOW-RS request body accepted (bytes); larger gets 413"
+    )
     secret_key: str | None = Field(None, description="Signing key; generated in data dir if unset")
     session_hours: float = 12.0
     cookie_secure: bool = False
