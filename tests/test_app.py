@@ -85,3 +85,31 @@ def test_healthz_answers_without_login(sqlite_runtime: Runtime) -> None:
     response = client.get("/healthz")
     assert response.status_code == 200
     assert response.json()["status"] == "ok"
+
+
+def test_dicomweb_allows_a_configured_viewer_origin_only(tmp_path, sqlite_url: str) -> None:
+    from support import make_settings
+
+    rt = Runtime.open(
+        make_settings(
+            tmp_path / "d", sqlite_url, dicomweb_cors_origins=["https://viewer.example.org"]
+        ),
+        migrate=False,
+    )
+    client = TestClient(create_app(rt))
+    preflight = {"access-control-request-method": "GET"}
+    allowed = client.options(
+        "/dicom-web/studies", headers={"origin": "https://viewer.example.org", **preflight}
+    )
+    other = client.options(
+        "/dicom-web/studies", headers={"origin": "https://evil.example.com", **preflight}
+    )
+    rt.close()
+    assert allowed.headers["access-control-allow-origin"] == "https://viewer.example.org"
+    assert "access-control-allow-origin" not in other.headers
+
+
+def test_no_cross_origin_access_by_default(sqlite_runtime: Runtime) -> None:
+    client = TestClient(create_app(sqlite_runtime))
+    response = client.get("/healthz", headers={"origin": "https://viewer.example.org"})
+    assert "access-control-allow-origin" not in response.headers

@@ -6,6 +6,7 @@ from typing import Any
 from urllib.parse import quote
 
 from fastapi import FastAPI, Request
+from fastapi.middleware.cors import CORSMiddleware
 from fastapi.openapi.docs import get_swagger_ui_html
 from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse, Response
 from fastapi.staticfiles import StaticFiles
@@ -109,6 +110,18 @@ def create_app(runtime: Runtime) -> FastAPI:
         app.include_router(router)
     for router in dicomweb.ROUTERS:
         app.include_router(router, prefix=dicomweb.PREFIX, tags=["DICOMweb"])
+    if runtime.settings.dicomweb_cors_origins:
+        # A viewer such as OHIF served from another origin calls DICOMweb with a bearer
+        # token; cookies are never sent cross-origin, so session-based CSRF is unaffected.
+        app.add_middleware(
+            CORSMiddleware,
+            allow_origins=runtime.settings.dicomweb_cors_origins,
+            allow_credentials=False,
+            allow_methods=["GET", "POST"],
+            allow_headers=["Authorization", "Accept", "Content-Type"],
+            expose_headers=["Content-Type", "Warning"],
+            max_age=600,
+        )
     app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")
     app.mount("/api/docs-assets", StaticFiles(directory=swagger_ui_path), name="docs-assets")
     return app

@@ -43,6 +43,11 @@ class Settings(BaseSettings):
         False, description="Accept unknown calling AE titles into the 'unassigned' site"
     )
     stable_seconds: float = Field(60.0, description="Quiet period before a study counts as stable")
+    dicomweb_cors_origins: list[str] = Field(
+        default_factory=list,
+        description="Web origins (e.g. an OHIF viewer's) allowed to call /dicom-web and /api "
+        "from a browser with a bearer token; empty: no cross-origin access",
+    )
     public_url: str | None = Field(
         None,
         description="Base URL clients reach Lods at (e.g. https://lods.example.org); "
