@@ -234,3 +234,32 @@ def test_audit_page_verify_lists_each_problem(client: TestClient, app_runtime: R
     result = page.text.split('id="verify-result"')[1].split("</section>")[0]
     assert 'role="alert"' in result
     assert "<td>3</td><td>Deleted</td>" in result
+
+
+def test_verifying_leaves_the_database_writable_for_intake(
+    app_runtime: Runtime, client: TestClient, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A long verify must not hold SQLite's write lock (DICOM intake would wait on it)."""
+    import sqlite3
+
+    path = app_runtime.engine.url.database
+    assert path
+    real_verify = service.verify
+    writable: list[bool] = []
+
+    def verify_while_probing(db: object) -> object:
+        probe = sqlite3.connect(path, timeout=0, isolation_level=None)
+        try:
+            probe.execute("BEGIN IMMEDIATE")
+            probe.execute("ROLLBACK")
+            writable.append(True)
+        except sqlite3.OperationalError:
+            writable.append(False)
+        finally:
+            probe.close()
+        return real_verify(db)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(service, "verify", verify_while_probing)
+    response = client.get("/api/audit/verify", headers=auth(app_runtime, "aud"))
+    assert response.status_code == 200
+    assert writable == [True]

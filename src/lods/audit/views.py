@@ -12,7 +12,7 @@ from sqlalchemy.orm import Session
 from lods.audit import service
 from lods.audit.schemas import parse_timestamp
 from lods.auth.csrf import CsrfProtected
-from lods.auth.deps import AuditorUser, Principal, SessionDep
+from lods.auth.deps import AuditorUser, Principal, RuntimeDep, SessionDep
 from lods.web.templating import render
 
 router = APIRouter(include_in_schema=False)
@@ -73,10 +73,16 @@ def audit_page(
 
 @router.post("/audit/verify", response_class=HTMLResponse)
 def verify_chain(
-    request: Request, db: SessionDep, auditor: AuditorUser, _csrf: CsrfProtected
+    request: Request,
+    db: SessionDep,
+    runtime: RuntimeDep,
+    auditor: AuditorUser,
+    _csrf: CsrfProtected,
 ) -> HTMLResponse:
     """Walk the whole chain and show the result above the first page of events."""
-    count, problems = service.verify(db)
+    # Read without the request's transaction: a long walk must not hold SQLite's write lock.
+    with service.unlocked_reader(runtime.engine) as reader:
+        count, problems = service.verify(reader)
     service.record(
         db,
         actor=auditor.username,

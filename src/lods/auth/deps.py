@@ -135,8 +135,15 @@ def resolve_principal(request: Request, db: Session) -> Principal | None:
     return _principal(sess.user, via="session", session_id=sess.id, source=source)
 
 
-def get_current_user(request: Request, db: SessionDep) -> Principal:
-    principal = resolve_principal(request, db)
+def get_current_user(request: Request) -> Principal:
+    """Return the logged-in principal, resolved in a short transaction of its own.
+
+    Kept apart from the route's session so that the route's transaction (and, on SQLite,
+    its write lock) starts only when the route first touches the database: a long read
+    such as verifying the audit trail can then run without blocking DICOM intake.
+    """
+    with get_runtime(request).sessions() as db, db.begin():
+        principal = resolve_principal(request, db)
     if principal is None:
         raise NotAuthenticated()
     request.state.principal = principal
