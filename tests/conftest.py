@@ -13,7 +13,7 @@ from fastapi.testclient import TestClient
 from sqlalchemy import create_engine, text
 
 from lods.app import create_app
-from lods.config import Settings
+from lods.config import Settings, get_settings
 from lods.migrations import upgrade
 from lods.runtime import Runtime
 from support import (
@@ -96,6 +96,21 @@ def sqlite_runtime(tmp_path: Path, sqlite_url: str) -> Iterator[Runtime]:
     rt = Runtime.open(make_settings(tmp_path / "data", sqlite_url), migrate=False)
     yield rt
     rt.close()
+
+
+@pytest.fixture
+def cli_runtime(
+    tmp_path: Path, sqlite_url: str, monkeypatch: pytest.MonkeyPatch
+) -> Iterator[Runtime]:
+    """An installation the CLI finds through LODS_* variables, and a runtime on it."""
+    monkeypatch.setenv("LODS_DATA_DIR", str(tmp_path / "data"))
+    monkeypatch.setenv("LODS_DATABASE_URL", sqlite_url)
+    monkeypatch.setenv("LODS_SECRET_KEY", "test-secret-key-not-for-production")
+    get_settings.cache_clear()
+    runtime = Runtime.open(get_settings(), migrate=False)
+    yield runtime
+    runtime.close()
+    get_settings.cache_clear()
 
 
 # --- the cast and the app -----------------------------------------------------------------

@@ -6,7 +6,6 @@ import csv
 import getpass
 import io
 import json
-from collections.abc import Iterator
 from datetime import timedelta
 from pathlib import Path
 
@@ -23,16 +22,8 @@ from lods.runtime import Runtime
 
 
 @pytest.fixture
-def rt(tmp_path: Path, sqlite_url: str, monkeypatch: pytest.MonkeyPatch) -> Iterator[Runtime]:
-    """An installation the CLI finds through LODS_* variables, and a runtime on it."""
-    monkeypatch.setenv("LODS_DATA_DIR", str(tmp_path / "data"))
-    monkeypatch.setenv("LODS_DATABASE_URL", sqlite_url)
-    monkeypatch.setenv("LODS_SECRET_KEY", "test-secret-key-not-for-production")
-    get_settings.cache_clear()
-    runtime = Runtime.open(get_settings(), migrate=False)
-    yield runtime
-    runtime.close()
-    get_settings.cache_clear()
+def rt(cli_runtime: Runtime) -> Runtime:
+    return cli_runtime
 
 
 def run(*args: str) -> tuple[int, str, str]:

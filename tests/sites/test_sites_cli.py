@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import getpass
-from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 from sqlalchemy import select
@@ -13,21 +11,13 @@ from typer.testing import CliRunner
 from lods.audit import service as audit
 from lods.audit.models import AuditEvent
 from lods.cli import app as cli
-from lods.config import get_settings
 from lods.runtime import Runtime
 from lods.sites import service
 
 
 @pytest.fixture
-def rt(tmp_path: Path, sqlite_url: str, monkeypatch: pytest.MonkeyPatch) -> Iterator[Runtime]:
-    monkeypatch.setenv("LODS_DATA_DIR", str(tmp_path / "data"))
-    monkeypatch.setenv("LODS_DATABASE_URL", sqlite_url)
-    monkeypatch.setenv("LODS_SECRET_KEY", "test-secret-key-not-for-production")
-    get_settings.cache_clear()
-    runtime = Runtime.open(get_settings(), migrate=False)
-    yield runtime
-    runtime.close()
-    get_settings.cache_clear()
+def rt(cli_runtime: Runtime) -> Runtime:
+    return cli_runtime
 
 
 def site(*args: str) -> tuple[int, str, str]:
