@@ -55,15 +55,8 @@ def list_events(
 @router.get("/verify", response_model=VerifyOut)
 def verify(db: SessionDep, runtime: RuntimeDep, auditor: AuditorUser) -> VerifyOut:
     """Return whether the hash chain is intact, and every problem found if it is not."""
-    # Read without the request's transaction: a long walk must not hold SQLite's write lock.
-    with service.unlocked_reader(runtime.engine) as reader:
-        count, problems = service.verify(reader)
-    service.record(
-        db,
-        actor=auditor.username,
-        action="audit.verify",
-        source=auditor.source,
-        detail={"events": count, "problems": len(problems)},
+    count, problems = service.verify_audited(
+        db, engine=runtime.engine, actor=auditor.username, source=auditor.source
     )
     return VerifyOut(ok=not problems, events=count, problems=[ProblemOut.of(p) for p in problems])
 

@@ -367,6 +367,26 @@ def unlocked_reader(engine: Engine) -> Iterator[Session]:
         reader.dispose()
 
 
+def verify_audited(
+    db: Session, *, engine: Engine, actor: str, source: str = ""
+) -> tuple[int, list[ChainProblem]]:
+    """Return `verify`'s result, read outside `db`'s transaction, after auditing the check.
+
+    The walk runs in an `unlocked_reader`: on a long trail it must not hold SQLite's
+    write lock (DICOM intake would wait on it); only the audit event is written in `db`.
+    """
+    with unlocked_reader(engine) as reader:
+        count, problems = verify(reader)
+    record(
+        db,
+        actor=actor,
+        action="audit.verify",
+        source=source,
+        detail={"events": count, "problems": len(problems)},
+    )
+    return count, problems
+
+
 # --- retention -----------------------------------------------------------------------------
 
 

@@ -80,15 +80,8 @@ def verify_chain(
     _csrf: CsrfProtected,
 ) -> HTMLResponse:
     """Walk the whole chain and show the result above the first page of events."""
-    # Read without the request's transaction: a long walk must not hold SQLite's write lock.
-    with service.unlocked_reader(runtime.engine) as reader:
-        count, problems = service.verify(reader)
-    service.record(
-        db,
-        actor=auditor.username,
-        action="audit.verify",
-        source=auditor.source,
-        detail={"events": count, "problems": len(problems)},
+    count, problems = service.verify_audited(
+        db, engine=runtime.engine, actor=auditor.username, source=auditor.source
     )
     result = {"ok": not problems, "events": count, "problems": problems}
     return _page(request, db, auditor, page=1, verify=result)
