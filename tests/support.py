@@ -138,6 +138,8 @@ class LiveServer:
                 "LODS_STABLE_SECONDS": "1",
                 "LODS_SECRET_KEY": "test-secret-key-not-for-production",
                 "TCP_NODELAY": "1",
+                # Tests that need AI jobs run ask for workers in extra_env.
+                "LODS_WORKERS": "0",
             }
         )
         env.update(self.extra_env)

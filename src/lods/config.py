@@ -63,6 +63,19 @@ class Settings(BaseSettings):
     login_lockout_minutes: float = 15.0
     audit_retention_days: int = MIN_AUDIT_RETENTION_DAYS
     default_language: str = "en"
+    workers: int = Field(
+        2, ge=0, le=64, description="Job worker processes `lods serve` starts (0: none)"
+    )
+    job_lease_seconds: float = Field(
+        30.0, gt=0, description="A running job whose worker stops renewing this long is re-queued"
+    )
+    job_poll_seconds: float = Field(
+        0.25, gt=0, description="How often an idle worker looks for jobs"
+    )
+    job_backoff_seconds: float = Field(
+        5.0, ge=0, description="First retry delay of a transient failure; doubles per attempt"
+    )
+    job_backoff_max_seconds: float = Field(300.0, ge=0, description="Longest retry delay")
 
     @field_validator("dicom_ae_title")
     @classmethod
@@ -114,12 +127,23 @@ class Settings(BaseSettings):
         return self.data_dir / "quarantine"
 
     @property
+    def solutions_dir(self) -> Path:
+        """Installed solution packages: `<id>/<version>/`, written once, never changed."""
+        return self.data_dir / "solutions"
+
+    @property
     def tmp_dir(self) -> Path:
         return self.data_dir / "tmp"
 
     def ensure_dirs(self) -> None:
         """Create the data folders this installation writes to."""
-        for path in (self.data_dir, self.blob_dir, self.quarantine_dir, self.tmp_dir):
+        for path in (
+            self.data_dir,
+            self.blob_dir,
+            self.quarantine_dir,
+            self.tmp_dir,
+            self.solutions_dir,
+        ):
             path.mkdir(parents=True, exist_ok=True)
 
     def signing_key(self) -> str:

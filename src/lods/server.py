@@ -1,4 +1,5 @@
-"""`lods serve`: the HTTP app, the DICOM SCP and the stable-study watcher in one process."""
+"""`lods serve`: the HTTP app, the DICOM SCP, the stable-study watcher, the router and the
+job worker processes, started and stopped together."""
 
 from __future__ import annotations
 
@@ -14,6 +15,8 @@ from lods.app import create_app
 from lods.config import Settings
 from lods.imaging.scp import DicomServer
 from lods.imaging.stable import StableStudyWatcher
+from lods.jobs.executor import EmbeddedExecutor
+from lods.routing.router import StudyRouter
 from lods.runtime import Runtime
 
 log = logging.getLogger(__name__)
@@ -21,14 +24,23 @@ log = logging.getLogger(__name__)
 
 @contextmanager
 def background_services(runtime: Runtime) -> Iterator[DicomServer]:
-    """Run the DICOM node and the stable-study watcher for the duration of the block."""
+    """Run the DICOM node, the stable-study watcher, the router and the job workers for
+    the duration of the block (workers: `LODS_WORKERS` processes; 0 runs none)."""
+    from lods.solutions.execute import HANDLERS_PATH
+
     dicom = DicomServer(runtime)
     watcher = StableStudyWatcher(runtime)
+    router = StudyRouter(runtime)
+    executor = EmbeddedExecutor(runtime.settings, HANDLERS_PATH)
     dicom.start()
     watcher.start()
+    router.start()
+    executor.start()
     try:
         yield dicom
     finally:
+        executor.stop()
+        router.stop()
         watcher.stop()
         dicom.stop()
 

@@ -66,6 +66,7 @@ from lods.imaging.service import Prepared, index_instance, prepare_dataset
 from lods.imaging.store import BlobStore, BlobWriter, Staged
 from lods.runtime import Runtime
 from lods.sites.service import known_ae_titles, site_for_calling_ae
+from lods.solutions.inbox import answer_ae_titles, file_answer
 
 log = logging.getLogger(__name__)
 
@@ -261,6 +262,7 @@ class DicomServer:
         )
         self._lock = threading.Lock()
         self._ae_cache: tuple[float, list[str]] | None = None
+        self._vendor_cache: tuple[float, frozenset[str]] | None = None
 
     # lifecycle -------------------------------------------------------------------------
 
@@ -321,13 +323,29 @@ class DicomServer:
         cached = self._ae_cache
         if cached is not None and now - cached[0] < _AE_CACHE_SECONDS:
             return cached[1]
+        vendors = self.vendor_ae_titles()
         try:
             with self.runtime.sessions() as db:
-                titles = sorted(known_ae_titles(db)) or [_NOBODY]
+                titles = sorted(known_ae_titles(db) | vendors) or [_NOBODY]
         except DBAPIError:
             log.exception("cannot read the known AE titles; using the last list")
             return cached[1] if cached is not None else [_NOBODY]
         self._ae_cache = (now, titles)
+        return titles
+
+    def vendor_ae_titles(self) -> frozenset[str]:
+        """Calling AE titles of AI appliances whose answers go to the vendor inbox."""
+        now = time.monotonic()
+        cached = self._vendor_cache
+        if cached is not None and now - cached[0] < _AE_CACHE_SECONDS:
+            return cached[1]
+        try:
+            with self.runtime.sessions() as db:
+                titles = answer_ae_titles(db)
+        except DBAPIError:
+            log.exception("cannot read the AI appliance AE titles; using the last list")
+            return cached[1] if cached is not None else frozenset()
+        self._vendor_cache = (now, titles)
         return titles
 
     def _on_connection(self, event: evt.Event) -> None:
@@ -424,8 +442,9 @@ class DicomServer:
             "sop_class_uid": str(request.AffectedSOPClassUID or ""),
             "sop_instance_uid": str(request.AffectedSOPInstanceUID or ""),
         }
-        site_id = self._site_id(state)
-        if site_id is None:
+        vendor = state.calling_ae in self.vendor_ae_titles()
+        site_id = None if vendor else self._site_id(state)
+        if site_id is None and not vendor:
             log.warning("C-STORE from %s refused: no longer a known node", state.calling_ae)
             return IngestResult(REJECTED, NOT_AUTHORIZED, "calling AE title is not a known node")
         dataset = request.DataSet.getvalue()
@@ -443,7 +462,27 @@ class DicomServer:
             return self._reject(error, [dataset], state, declared)
         except OSError as exc:
             return self._reject(disk_error(exc), [], state, declared)
+        if vendor:
+            return self._file_answer(prepared, state)
+        assert site_id is not None
         return self._index(prepared, state, site_id)
+
+    def _file_answer(self, prepared: Prepared, state: _Association) -> IngestResult:
+        """An AI appliance's answer: kept in the vendor inbox, not in the clinical study."""
+        header = prepared.header
+        try:
+            with self.runtime.sessions() as db, db.begin():
+                file_answer(db, prepared=prepared, calling_ae=state.calling_ae)
+        except DBAPIError:
+            log.exception("filing the answer %s failed", header.sop_instance_uid)
+            return IngestResult(
+                REJECTED,
+                OUT_OF_RESOURCES,
+                "database unavailable; send again later",
+                sop_instance_uid=header.sop_instance_uid,
+            )
+        log.info("AI appliance %s answered for study %s", state.calling_ae, header.study_uid)
+        return IngestResult("stored", SUCCESS, sop_instance_uid=header.sop_instance_uid)
 
     def _streamed(self, state: _Association, sop_instance_uid: str) -> Staged | None:
         """Return the data set as already streamed to disk, or None to store it from memory."""

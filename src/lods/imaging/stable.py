@@ -13,13 +13,12 @@ not wake a study.
 from __future__ import annotations
 
 import logging
-import threading
 from datetime import datetime, timedelta
 
 from sqlalchemy import select, update
-from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Session
 
+from lods.background import PollingThread
 from lods.db import utcnow
 from lods.imaging.models import Study, StudyEvent
 from lods.runtime import Runtime
@@ -67,30 +66,17 @@ def mark_stable_studies(
     return marked
 
 
-class StableStudyWatcher:
+class StableStudyWatcher(PollingThread):
     """A background thread that marks quiet studies stable; `start()` and `stop()`."""
+
+    thread_name = "lods-stable-watcher"
 
     def __init__(self, runtime: Runtime, *, interval: float | None = None) -> None:
         self.runtime = runtime
         quiet = runtime.settings.stable_seconds
-        self.interval = interval if interval is not None else min(1.0, max(0.05, quiet / 4))
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
-
-    def start(self) -> None:
-        """Start polling in a daemon thread (no-op when already running)."""
-        if self._thread is not None and self._thread.is_alive():
-            return
-        self._stop.clear()
-        self._thread = threading.Thread(target=self._run, name="lods-stable-watcher", daemon=True)
-        self._thread.start()
-
-    def stop(self, timeout: float = 10.0) -> None:
-        """Ask the thread to finish and wait for it."""
-        self._stop.set()
-        if self._thread is not None:
-            self._thread.join(timeout)
-            self._thread = None
+        super().__init__(
+            interval=interval if interval is not None else min(1.0, max(0.05, quiet / 4))
+        )
 
     def poll_once(self) -> list[int]:
         """Return the studies marked stable by one committed pass."""
@@ -99,12 +85,3 @@ class StableStudyWatcher:
         if marked:
             log.info("studies stable: %s", marked)
         return marked
-
-    def _run(self) -> None:
-        while not self._stop.wait(self.interval):
-            try:
-                self.poll_once()
-            except DBAPIError:
-                log.exception("stable-study pass failed; retrying")
-            except Exception:
-                log.exception("stable-study pass failed unexpectedly; retrying")
