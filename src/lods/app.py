@@ -14,17 +14,24 @@ from sqlalchemy import text
 from swagger_ui_bundle import swagger_ui_path
 
 from lods import __version__
+from lods.alerts import api as alerts_api
+from lods.alerts import views as alerts_views
 from lods.audit import api as audit_api
 from lods.audit import views as audit_views
 from lods.auth import api as auth_api
 from lods.auth import views as auth_views
 from lods.auth.deps import CurrentUser, Forbidden, NotAuthenticated
+from lods.findings import api as findings_api
 from lods.imaging import api as imaging_api
 from lods.imaging import dicomweb
 from lods.imaging import views as imaging_views
+from lods.jobs import api as jobs_api
+from lods.jobs import views as jobs_views
 from lods.runtime import Runtime
 from lods.sites import api as sites_api
 from lods.sites import views as sites_views
+from lods.solutions import api as solutions_api
+from lods.solutions import views as solutions_views
 from lods.web.templating import STATIC_DIR
 
 #: Every router of the app, in one explicit list.
@@ -37,6 +44,13 @@ ROUTERS = [
     sites_api.router,
     imaging_views.router,
     imaging_api.router,
+    findings_api.router,
+    solutions_views.router,
+    solutions_api.router,
+    jobs_views.router,
+    jobs_api.router,
+    alerts_views.router,
+    alerts_api.router,
 ]
 
 _MACHINE_PREFIXES = ("/api", "/dicom-web", "/fhir")

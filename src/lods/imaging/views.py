@@ -15,6 +15,7 @@ from pydantic import ValidationError
 
 from lods.audit.service import record
 from lods.auth.deps import ImagingReader, SessionDep
+from lods.findings.api import study_ai
 from lods.imaging import browse
 from lods.imaging.dicomweb_common import PREFIX
 from lods.imaging.schemas import StudySearch
@@ -120,7 +121,7 @@ def _viewer_data(detail: browse.StudyDetail) -> dict[str, Any]:
 def study_page(
     study_uid: str, request: Request, db: SessionDep, user: ImagingReader
 ) -> HTMLResponse:
-    """Show one study: patient and study header, series thumbnails and an image viewer."""
+    """Show one study: header, the AI panel, series thumbnails and an image viewer."""
     detail = browse.get_study(db, study_uid=study_uid)
     if detail is None:
         return render(request, "imaging/study_missing.html", status_code=404)
@@ -133,5 +134,11 @@ def study_page(
         patient_id=detail.patient.patient_id,
         detail={"via": "web"},
     )
-    context = {"detail": detail, "viewer": _viewer_data(detail), "pn": person_name}
+    context = {
+        "detail": detail,
+        "viewer": _viewer_data(detail),
+        "pn": person_name,
+        # What each deployed solution did with the study; shadow output for AI owners only.
+        "ai": study_ai(db, study_id=detail.study.id, roles=user.roles),
+    }
     return render(request, "imaging/study.html", context)
