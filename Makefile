@@ -25,6 +25,8 @@ test: venv system-deps
 
 bench: venv system-deps
 	$(PY) bench/ingest.py
+	$(PY) bench/jobs.py
+	$(PY) bench/pipeline.py
 
 lint: venv
 	$(VENV)/bin/ruff check src tests bench

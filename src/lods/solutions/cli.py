@@ -123,6 +123,7 @@ def show(ref: Annotated[str, typer.Argument(help="ID@VERSION or ID")]) -> None:
             "intended use:",
             f"  {m.intended_use.summary}",
             *[f"  - {line}" for line in describe(m.intended_use)],
+            *[f"  known limit: {limit}" for limit in m.intended_use.limitations],
             "outputs: "
             + ", ".join(f"{f.label} ({f.code.scheme} {f.code.value})" for f in m.outputs.findings),
             f"operating points: sure >= {m.outputs.operating_points.sure}, "
