@@ -14,6 +14,7 @@ from lods.config import get_settings
 from lods.migrations import upgrade
 from lods.sites.cli import app as site_app
 from lods.solutions.cli import app as solution_app
+from lods.synth.cli import app as synth_app
 
 app = typer.Typer(
     help="Lods: certified clinical AI under clinicians' control.", no_args_is_help=True
@@ -25,6 +26,7 @@ app.add_typer(token_app, name="token")
 app.add_typer(site_app, name="site")
 app.add_typer(audit_app, name="audit")
 app.add_typer(solution_app, name="solution")
+app.add_typer(synth_app, name="synth")
 
 
 def _logging(verbose: bool) -> None:

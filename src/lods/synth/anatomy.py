@@ -149,6 +149,25 @@ def _lower_limb(*, lateral: bool) -> Anatomy:
     return Anatomy(soft=tuple(soft), bones=tuple(bones))
 
 
+def long_bones(body_part: str) -> dict[str, int]:
+    """Return the long bones a fracture may break, by name, as indices into `bones`.
+
+    The indices are the same in every view of the limb `body_part` is a field of:
+    metacarpals `MC1` (thumb) to `MC5`, `radius` and `ulna` of the upper limb; `tibia`
+    and `fibula` of the lower. Each bone's first end (t = 0) is its distal one, but for
+    the metacarpals, which run from their base (proximal) to their head.
+    """
+    if body_part not in FIELDS:
+        raise ValueError(f"unknown body part {body_part!r}")
+    if body_part not in _UPPER:
+        return {"tibia": 0, "fibula": 1}
+    rays = len(_CARPALS)
+    named = {f"MC{k + 2}": rays + 4 * k for k in range(len(_FINGERS))}
+    named["MC1"] = rays + 4 * len(_FINGERS)
+    forearm = named["MC1"] + 3  # after the thumb's three bones
+    return named | {"radius": forearm, "ulna": forearm + 1}
+
+
 def limb_anatomy(*, body_part: str, view: str) -> Anatomy:
     """Return the right-sided limb that `body_part` is a field of, in the given view."""
     if view not in ("AP", "PA", "LAT"):

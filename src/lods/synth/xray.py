@@ -7,13 +7,16 @@ carpal/tarsal bones, quantum noise, collimation and a lead L/R marker. Values ar
 unsigned in 16-bit words; DX is MONOCHROME2, CR sometimes MONOCHROME1 as many CR
 readers send. UIDs are derived from the seed, so the same seed gives the same study.
 
-A later issue adds fractures (a break in a bone capsule) and mammography (another
-anatomy and IOD); both plug into `render_radiograph` and `_image_dataset` below.
+A study may show a fracture (`lods.synth.fractures`): `make_case` returns it with its
+ground truth, a box per image in stored-pixel coordinates. A later issue adds
+mammography (another anatomy and IOD), which plugs into `render_radiograph` and
+`_image_dataset` below.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import math
+from dataclasses import dataclass, field
 from datetime import date, datetime, timedelta
 from pathlib import Path
 
@@ -27,6 +30,7 @@ from pydicom.uid import (
 )
 
 from lods.synth.anatomy import FIELDS, limb_anatomy
+from lods.synth.fractures import FractureSpec, fractured
 from lods.synth.projection import (
     COLLIMATED_ATTENUATION,
     Placement,
@@ -71,6 +75,13 @@ _GIVEN_NAMES = {
 }
 _LSB_PER_LOG_UNIT = 760.0  # detector gain: stored value per unit of −ln(N/N₀)
 _AIR_VALUE = 180.0  # stored value of unattenuated beam (MONOCHROME2 sense)
+#: Margin around a fracture's ground-truth box, mm (at least `_BOX_MARGIN_PX` pixels).
+_BOX_MARGIN_MM = 1.0
+_BOX_MARGIN_PX = 2
+#: The least share of a fracture inside the exposed field for a case to count as positive.
+_MIN_VISIBLE = 0.6
+
+Box = tuple[int, int, int, int]
 
 
 @dataclass(frozen=True)
@@ -92,12 +103,19 @@ class SyntheticPatient:
 
 @dataclass(frozen=True)
 class Radiograph:
-    """Rendered pixels (12-bit, MONOCHROME2 sense), their spacing and a VOI window."""
+    """Rendered pixels (12-bit, MONOCHROME2 sense), their spacing and a VOI window.
+
+    With a fracture, `fracture_box` is the (x0, y0, x1, y1) pixel box around its visible
+    part (columns x0 to x1 − 1, rows y0 to y1 − 1, so `pixels[y0:y1, x0:x1]`), with a
+    small margin, and `fracture_visible` the share of it inside the exposed field.
+    """
 
     pixels: np.ndarray
     spacing_mm: float
     window_center: int
     window_width: int
+    fracture_box: Box | None = None
+    fracture_visible: float = 1.0
 
 
 def synthetic_patient(number: int, *, seed: int) -> SyntheticPatient:
@@ -120,6 +138,22 @@ def _shape(size: int | tuple[int, int]) -> tuple[int, int]:
     return rows, cols
 
 
+def _fracture_box(marks: np.ndarray, field: np.ndarray, *, spacing: float) -> Box | None:
+    """Return the pixel box around the marked pixels inside the field, with a margin."""
+    visible = marks & field
+    rows, cols = np.flatnonzero(visible.any(axis=1)), np.flatnonzero(visible.any(axis=0))
+    if len(rows) == 0:
+        return None
+    field_rows, field_cols = np.flatnonzero(field.any(axis=1)), np.flatnonzero(field.any(axis=0))
+    margin = max(_BOX_MARGIN_PX, math.ceil(_BOX_MARGIN_MM / spacing))
+    return (
+        max(int(cols[0]) - margin, int(field_cols[0])),
+        max(int(rows[0]) - margin, int(field_rows[0])),
+        min(int(cols[-1]) + 1 + margin, int(field_cols[-1]) + 1),
+        min(int(rows[-1]) + 1 + margin, int(field_rows[-1]) + 1),
+    )
+
+
 def render_radiograph(
     rng: np.random.Generator,
     *,
@@ -127,24 +161,36 @@ def render_radiograph(
     view: str,
     laterality: str,
     size: int | tuple[int, int] = 1024,
+    fracture: FractureSpec | None = None,
+    body_scale: float = 1.0,
 ) -> Radiograph:
-    """Return a rendered limb radiograph: 12-bit pixels where bone is bright."""
+    """Return a rendered limb radiograph: 12-bit pixels where bone is bright.
+
+    `fracture` breaks a bone and draws nothing from `rng`: the same draws give the same
+    image but inside the fracture's box. `body_scale` shrinks the limb (a child's) and
+    the field of view with it, so only the pixel spacing and the fracture's size change.
+    """
     if body_part not in FIELDS:
         raise ValueError(f"unknown body part {body_part!r}; expected one of {BODY_PARTS}")
     if laterality not in ("L", "R"):
         raise ValueError("laterality is 'L' or 'R'")
+    if not 0.3 <= body_scale <= 1.5:
+        raise ValueError("body_scale is 0.3 to 1.5")
     shape = _shape(size)
     center_y, field_mm = FIELDS[body_part]
-    spacing = field_mm * rng.uniform(0.95, 1.05) / min(shape)
+    spacing = body_scale * field_mm * rng.uniform(0.95, 1.05) / min(shape)
     where = Placement(
         angle_deg=float(np.clip(rng.normal(0.0, 3.0), -7.0, 7.0)),
-        scale=float(rng.uniform(0.93, 1.07)),
-        dx=float(rng.uniform(-8.0, 8.0)),
-        dy=-center_y + float(rng.uniform(-8.0, 8.0)),
+        scale=body_scale * float(rng.uniform(0.93, 1.07)),
+        dx=body_scale * float(rng.uniform(-8.0, 8.0)),
+        dy=body_scale * (-center_y + float(rng.uniform(-8.0, 8.0))),
         mirror=laterality == "L",
     )
-    anatomy = limb_anatomy(body_part=body_part, view=view).placed(where)
-    line = attenuation(anatomy, shape=shape, spacing=spacing, rng=rng)
+    anatomy = limb_anatomy(body_part=body_part, view=view)
+    if fracture is not None:
+        anatomy = fractured(anatomy, fracture, body_part=body_part, view=view)
+    marks = np.zeros(shape, dtype=bool) if fracture is not None else None
+    line = attenuation(anatomy.placed(where), shape=shape, spacing=spacing, rng=rng, marks=marks)
     # Heel effect: the beam is a little weaker towards the anode side.
     line += np.linspace(0.0, 0.06, shape[0], dtype=np.float32)[:, None]
     field = collimation_mask(shape=shape, rng=rng)
@@ -154,7 +200,18 @@ def render_radiograph(
     values = np.clip(_AIR_VALUE + _LSB_PER_LOG_UNIT * signal, 0, MAX_VALUE)
     pixels = np.rint(values).astype(np.uint16)
     center, width = window_for(pixels, mask=field)
-    return Radiograph(pixels=pixels, spacing_mm=spacing, window_center=center, window_width=width)
+    box, visible = None, 1.0
+    if marks is not None:
+        box = _fracture_box(marks, field, spacing=spacing)
+        visible = float((marks & field).sum() / max(int(marks.sum()), 1))
+    return Radiograph(
+        pixels=pixels,
+        spacing_mm=spacing,
+        window_center=center,
+        window_width=width,
+        fracture_box=box,
+        fracture_visible=visible,
+    )
 
 
 def patient_orientation(*, body_part: str, view: str, laterality: str) -> list[str]:
@@ -173,8 +230,8 @@ def patient_orientation(*, body_part: str, view: str, laterality: str) -> list[s
     return ["A" if anterior_right else "P", column]
 
 
-def _uid(seed: int, *parts: object) -> str:
-    return str(generate_uid(entropy_srcs=[UID_NAMESPACE, str(seed), *map(str, parts)]))
+def _uid(key: object, *parts: object) -> str:
+    return str(generate_uid(entropy_srcs=[UID_NAMESPACE, str(key), *map(str, parts)]))
 
 
 def _code(value: str, meaning: str) -> Dataset:
@@ -195,6 +252,9 @@ class _StudyFacts:
     institution: str
     station: str
     size: int | None
+    uid_key: str
+    fracture: FractureSpec | None = None
+    body_scale: float = 1.0
 
 
 def _study_dataset(facts: _StudyFacts) -> Dataset:
@@ -206,7 +266,7 @@ def _study_dataset(facts: _StudyFacts) -> Dataset:
     ds.PatientBirthDate, ds.PatientSex = p.birth_date.strftime("%Y%m%d"), p.sex
     ds.PatientAge = p.age_on(facts.when.date())
     ds.PatientIdentityRemoved = "NO"
-    ds.StudyInstanceUID = _uid(facts.seed, "study")
+    ds.StudyInstanceUID = _uid(facts.uid_key, "study")
     ds.StudyDate = ds.SeriesDate = ds.ContentDate = facts.when.strftime("%Y%m%d")
     ds.StudyTime = ds.SeriesTime = ds.ContentTime = facts.when.strftime("%H%M%S")
     ds.AccessionNumber = facts.accession
@@ -265,17 +325,26 @@ def _modality_attributes(ds: Dataset, *, body_part: str, view: str, monochrome1:
     ds.DistanceSourceToPatient = "950"
 
 
-def _image_dataset(facts: _StudyFacts, *, index: int, view: str, monochrome1: bool) -> Dataset:
-    """Return one complete image (file meta included) of the study described by `facts`."""
+def _image_dataset(
+    facts: _StudyFacts, *, index: int, view: str, monochrome1: bool
+) -> tuple[Dataset, Radiograph]:
+    """Return one complete image (file meta included) of the study described by `facts`,
+    and the radiograph it holds (with the fracture's box, if any)."""
     rng = np.random.default_rng([facts.seed, index, 0x1A])
     size = facts.size or 1024 + 256 * int(rng.integers(0, 5))
     image = render_radiograph(
-        rng, body_part=facts.body_part, view=view, laterality=facts.laterality, size=size
+        rng,
+        body_part=facts.body_part,
+        view=view,
+        laterality=facts.laterality,
+        size=size,
+        fracture=facts.fracture,
+        body_scale=facts.body_scale,
     )
     ds = _study_dataset(facts)
     ds.SOPClassUID = SOP_CLASSES[facts.modality]
-    ds.SOPInstanceUID = _uid(facts.seed, "instance", index)
-    ds.SeriesInstanceUID = _uid(facts.seed, "series", index)
+    ds.SOPInstanceUID = _uid(facts.uid_key, "instance", index)
+    ds.SeriesInstanceUID = _uid(facts.uid_key, "series", index)
     ds.SeriesNumber, ds.InstanceNumber = index + 1, 1
     ds.SeriesDescription = f"{facts.body_part} {view}"
     ds.ViewPosition = view
@@ -298,7 +367,7 @@ def _image_dataset(facts: _StudyFacts, *, index: int, view: str, monochrome1: bo
     ds.file_meta.MediaStorageSOPClassUID = ds.SOPClassUID
     ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
     ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
-    return ds
+    return ds, image
 
 
 def _views_for(body_part: str, count: int) -> list[str]:
@@ -306,24 +375,22 @@ def _views_for(body_part: str, count: int) -> list[str]:
     return [standard[i % len(standard)] for i in range(count)]
 
 
-def make_study(
+def _study(
     seed: int,
     *,
     body_part: str,
     modality: str,
     patient: SyntheticPatient,
-    views: int | None = None,
-    size: int | None = None,
-    when: datetime | None = None,
-    institution: str = "Lods Demo Hospital",
-    station: str = "SYNTH",
-) -> list[Dataset]:
-    """Return the images (1–3 views, one series each) of one synthetic radiograph study.
-
-    Everything not given is drawn from `seed`: laterality, view count, accession number,
-    date and time (within 2024), and for CR whether the reader sends MONOCHROME1. Images
-    are `size`² pixels, or of varying sizes from 1024² to 2048² when `size` is None.
-    """
+    views: int | None,
+    size: int | None,
+    when: datetime | None,
+    institution: str,
+    station: str,
+    uid_key: str,
+    fracture: FractureSpec | None = None,
+    body_scale: float = 1.0,
+) -> list[tuple[Dataset, Radiograph]]:
+    """Return the images of one study and the radiographs they hold; see `make_study`."""
     if modality not in MODALITIES:
         raise ValueError(f"unknown modality {modality!r}; expected one of {MODALITIES}")
     if body_part not in BODY_PARTS:
@@ -346,12 +413,173 @@ def make_study(
         institution=institution,
         station=station,
         size=size,
+        uid_key=uid_key,
+        fracture=fracture,
+        body_scale=body_scale,
     )
     monochrome1 = modality == "CR" and rng.random() < 0.4
     return [
         _image_dataset(facts, index=i, view=view, monochrome1=monochrome1)
         for i, view in enumerate(_views_for(body_part, count))
     ]
+
+
+def make_study(
+    seed: int,
+    *,
+    body_part: str,
+    modality: str,
+    patient: SyntheticPatient,
+    views: int | None = None,
+    size: int | None = None,
+    when: datetime | None = None,
+    institution: str = "Lods Demo Hospital",
+    station: str = "SYNTH",
+    fracture: FractureSpec | None = None,
+) -> list[Dataset]:
+    """Return the images (1–3 views, one series each) of one synthetic radiograph study.
+
+    Everything not given is drawn from `seed`: laterality, view count, accession number,
+    date and time (within 2024), and for CR whether the reader sends MONOCHROME1. Images
+    are `size`² pixels, or of varying sizes from 1024² to 2048² when `size` is None.
+    `fracture` breaks a bone in every view; `make_case` also returns where.
+    """
+    study = _study(
+        seed,
+        body_part=body_part,
+        modality=modality,
+        patient=patient,
+        views=views,
+        size=size,
+        when=when,
+        institution=institution,
+        station=station,
+        uid_key=str(seed),
+        fracture=fracture,
+    )
+    return [ds for ds, _ in study]
+
+
+@dataclass(frozen=True)
+class Case:
+    """One labelled study: its images and the ground truth a fracture detector is scored on.
+
+    `label` is 1 with a fracture of kind `finding`, 0 without (then `finding` is None and
+    `boxes` empty). `boxes` maps each image's SOP Instance UID to the (x0, y0, x1, y1)
+    pixel box of the fracture in the stored image: columns x0 to x1 − 1 and rows y0 to
+    y1 − 1, so `pixel_array[y0:y1, x0:x1]`. `seed` and `size` regenerate it.
+    """
+
+    case_id: str
+    seed: int
+    datasets: list[Dataset]
+    label: int
+    finding: str | None
+    boxes: dict[str, Box]
+    age: int
+    sex: str
+    body_part: str
+    modality: str
+    laterality: str
+    size: int | None
+    fracture: FractureSpec | None = field(default=None, repr=False)
+
+    @property
+    def study_uid(self) -> str:
+        """Return the Study Instance UID every image shares."""
+        return str(self.datasets[0].StudyInstanceUID)
+
+    @property
+    def patient_id(self) -> str:
+        """Return the (fake) Patient ID."""
+        return str(self.datasets[0].PatientID)
+
+
+def body_scale_for_age(age: int) -> float:
+    """Return how large a limb is at `age` relative to an adult's (about 0.6 at two)."""
+    return min(1.0, 0.55 + 0.03 * max(age, 0))
+
+
+def case_patient(
+    rng: np.random.Generator, *, case_id: str, age: int, sex: str, on: date
+) -> SyntheticPatient:
+    """Return fake patient `DEMO<case_id>`, of `sex` and exactly `age` years old `on`."""
+    if sex not in ("F", "M"):
+        raise ValueError("sex is 'F' or 'M'")
+    if not 0 <= age <= 120:
+        raise ValueError("age is 0 to 120 years")
+    given = _GIVEN_NAMES[sex][int(rng.integers(len(_GIVEN_NAMES[sex])))]
+    try:
+        birthday = on.replace(year=on.year - age)
+    except ValueError:  # born on 29 February: the birthday is kept on the 28th
+        birthday = on.replace(year=on.year - age, day=28)
+    birth = birthday - timedelta(days=int(rng.integers(0, 365)))
+    return SyntheticPatient(
+        patient_id=f"DEMO{case_id}", name=f"Demo^{given}", birth_date=birth, sex=sex
+    )
+
+
+def make_case(
+    seed: int,
+    *,
+    body_part: str,
+    modality: str,
+    age: int,
+    sex: str,
+    fracture: FractureSpec | None = None,
+    case_id: str = "X00000",
+    views: int | None = None,
+    size: int | None = None,
+) -> Case:
+    """Return one labelled study of a `age`-year-old patient, with `fracture` or without.
+
+    Two or three views (drawn from `seed` unless given); the same arguments but for the
+    fracture give the very same images but inside the fracture's boxes. A child's limb
+    is smaller (the pixel spacing shows it). Raises ValueError when the fracture is not
+    mostly inside the exposed field of every view.
+    """
+    rng = np.random.default_rng([seed, 0xCA5E])
+    count = 2 if rng.random() < 0.8 else 3
+    when = datetime(2024, 1, 1, 7) + timedelta(
+        days=int(rng.integers(0, 365)), seconds=int(rng.integers(0, 14 * 3600))
+    )
+    patient = case_patient(rng, case_id=case_id, age=age, sex=sex, on=when.date())
+    study = _study(
+        seed,
+        body_part=body_part,
+        modality=modality,
+        patient=patient,
+        views=count if views is None else views,
+        size=size,
+        when=when,
+        institution="Lods Demo Hospital",
+        station="SYNTH",
+        uid_key=f"case:{seed}",
+        fracture=fracture,
+        body_scale=body_scale_for_age(age),
+    )
+    boxes: dict[str, Box] = {}
+    for index, (ds, image) in enumerate(study):
+        if fracture is None:
+            continue
+        if image.fracture_box is None or image.fracture_visible < _MIN_VISIBLE:
+            raise ValueError(f"the fracture is not inside the exposed field of image {index}")
+        boxes[str(ds.SOPInstanceUID)] = image.fracture_box
+    return Case(
+        case_id=case_id,
+        seed=seed,
+        datasets=[ds for ds, _ in study],
+        label=int(fracture is not None),
+        finding=None if fracture is None else fracture.kind,
+        boxes=boxes,
+        age=age,
+        sex=sex,
+        body_part=body_part,
+        modality=modality,
+        laterality=str(study[0][0].ImageLaterality),
+        size=size,
+        fracture=fracture,
+    )
 
 
 def write_studies(out_dir: Path, *, count: int, seed: int, size: int | None = None) -> list[Path]:
