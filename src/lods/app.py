@@ -32,6 +32,8 @@ from lods.sites import api as sites_api
 from lods.sites import views as sites_views
 from lods.solutions import api as solutions_api
 from lods.solutions import views as solutions_views
+from lods.validation import api as validation_api
+from lods.validation import views as validation_views
 from lods.web.templating import STATIC_DIR
 
 #: Every router of the app, in one explicit list.
@@ -47,6 +49,8 @@ ROUTERS = [
     findings_api.router,
     solutions_views.router,
     solutions_api.router,
+    validation_views.router,
+    validation_api.router,
     jobs_views.router,
     jobs_api.router,
     alerts_views.router,

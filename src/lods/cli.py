@@ -15,6 +15,7 @@ from lods.migrations import upgrade
 from lods.sites.cli import app as site_app
 from lods.solutions.cli import app as solution_app
 from lods.synth.cli import app as synth_app
+from lods.validation.cli import validate_command
 
 app = typer.Typer(
     help="Lods: certified clinical AI under clinicians' control.", no_args_is_help=True
@@ -26,6 +27,7 @@ app.add_typer(token_app, name="token")
 app.add_typer(site_app, name="site")
 app.add_typer(audit_app, name="audit")
 app.add_typer(solution_app, name="solution")
+app.command("validate")(validate_command)
 app.add_typer(synth_app, name="synth")
 
 

@@ -17,6 +17,7 @@ from lods.jobs.models import Job
 from lods.routing.models import RouteDecision
 from lods.sites.models import Department, DicomNode, Site
 from lods.solutions.models import Deployment, SolutionVersion, VendorAnswer
+from lods.validation.models import ValidationReport
 
 __all__ = [
     "Alert",
@@ -42,5 +43,6 @@ __all__ = [
     "StudyResult",
     "User",
     "UserSession",
+    "ValidationReport",
     "VendorAnswer",
 ]

@@ -66,6 +66,10 @@ class SolutionVersion(Base):
     approved_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
     approved_by: Mapped[str | None] = mapped_column(String(100))
     approval_evidence: Mapped[str | None] = mapped_column(Text)
+    #: The local validation report the approver cited, if any (`validation_reports`).
+    approval_report_fk: Mapped[int | None] = mapped_column(
+        ForeignKey("validation_reports.id", use_alter=True)
+    )
     retired_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
     retired_by: Mapped[str | None] = mapped_column(String(100))
     #: Set when a load found files that differ from their hashes; cleared never.

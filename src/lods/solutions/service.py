@@ -48,6 +48,7 @@ from lods.solutions.packaging import (
     package_problems,
     read_manifest,
 )
+from lods.validation.models import ValidationReport
 
 _VERSION_MOVES = {
     (VersionState.INSTALLED, VersionState.APPROVED),
@@ -402,13 +403,19 @@ def approve(
     approver: User,
     evidence: str,
     source: str = "",
+    report_id: int | None = None,
 ) -> SolutionVersion:
     """Approve a version for use; only an active ai_owner may, with an evidence note.
 
     A version is approved on its own: a new version of the same solution starts
-    unapproved, whatever its predecessor was.
+    unapproved, whatever its predecessor was. `report_id` cites a local validation report
+    of this version (`lods validate`); it is stored with the approval.
     """
     version = get_version(db, version_id=version_id)
+    if report_id is not None:
+        report = db.get(ValidationReport, report_id)
+        if report is None or report.version_fk != version.id:
+            raise SolutionError(f"{version.label} has no validation report {report_id}")
     if not approver.is_active or Role.AI_OWNER not in approver.role_set:
         raise SolutionError(
             f"{approver.username} is not an active ai_owner; only AI owners approve"
@@ -424,14 +431,18 @@ def approve(
     version.approved_at = utcnow()
     version.approved_by = approver.username
     version.approval_evidence = evidence.strip()
+    version.approval_report_fk = report_id
     db.flush()
+    detail: dict[str, object] = {"evidence": version.approval_evidence}
+    if report_id is not None:
+        detail["validation_report"] = report_id
     record(
         db,
         actor=approver.username,
         action="solution.approve",
         object_ref=f"solution:{version.solution_id}@{version.version}",
         source=source,
-        detail={"evidence": version.approval_evidence},
+        detail=detail,
     )
     return version
 

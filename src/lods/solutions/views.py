@@ -36,6 +36,8 @@ from lods.solutions.api import (
 from lods.solutions.models import Deployment, DeploymentMode, SolutionVersion
 from lods.solutions.packaging import PackageError
 from lods.solutions.schemas import MAX_NOTE_CHARS, VersionDetail, catalogue, problem_of
+from lods.validation import service as validation
+from lods.validation.api import ValidationReportOut
 from lods.web.templating import render
 
 router = APIRouter(include_in_schema=False)
@@ -101,8 +103,12 @@ def _version_page(
     status_code: int = 200,
     **context: Any,
 ) -> HTMLResponse:
+    reports = validation.list_reports(db, version_id=version.id)
+    cited = next((r for r in reports if r.id == version.approval_report_fk), None)
     page: dict[str, Any] = {
         "v": VersionDetail.of(version, site_map(db)),
+        "reports": [ValidationReportOut.of(r, version) for r in reports],
+        "cited_report": ValidationReportOut.of(cited, version) if cited else None,
         "sites": list_sites(db),
         "modes": MODES,
         "max_note": MAX_NOTE_CHARS,
@@ -235,8 +241,10 @@ def approve(
     user: SolutionApprover,
     _csrf: CsrfProtected,
     evidence: Annotated[str, Form(max_length=MAX_NOTE_CHARS)] = "",
+    report_id: Annotated[str, Form(max_length=20)] = "",
 ) -> Response:
-    """Approve the version for deployment, with the evidence it rests on."""
+    """Approve the version for deployment, with the evidence it rests on (optionally
+    citing one of its local validation reports)."""
 
     def operation(row: SolutionVersion) -> tuple[str, str]:
         if len(evidence.strip()) < service.MIN_EVIDENCE_CHARS:
@@ -244,18 +252,36 @@ def approve(
                 "approval needs an evidence note of at least "
                 f"{service.MIN_EVIDENCE_CHARS} characters, e.g. the local validation report"
             )
+        cited: int | None = None
+        note = evidence.strip()
+        if report_id.strip():
+            if not report_id.strip().isdigit():
+                raise ValueError("choose a validation report from the list")
+            try:
+                report = validation.get_report(
+                    db, report_id=int(report_id.strip()), version_id=row.id
+                )
+            except validation.ReportNotFound as exc:
+                raise service.SolutionError(
+                    f"{row.label} has no validation report {report_id.strip()}"
+                ) from exc
+            cited = report.id
+            if f"#{report.id}" not in note:
+                note = f"{note}\n{validation.citation(report)}"
         service.approve(
             db,
             settings=settings,
             version_id=row.id,
             approver=approver_of(db, user),
-            evidence=evidence,
+            evidence=note,
             source=user.source,
+            report_id=cited,
         )
         return "approved", ""
 
     ref = (solution_id, version)
-    return _operate(request, db, user, ref, operation, {"evidence": evidence})
+    form = {"evidence": evidence, "report_id": report_id}
+    return _operate(request, db, user, ref, operation, form)
 
 
 @router.post("/solutions/{solution_id}/{version}/deploy", response_model=None)
