@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import re
 from enum import StrEnum
+from itertools import pairwise
 from typing import Annotated, Any, Literal
 
 import yaml
@@ -233,6 +234,17 @@ class OnnxPostprocess(_Strict):
     #: Boxes smaller than this fraction of the image area are dropped.
     min_box_fraction: float = Field(default=0.0005, ge=0, le=1)
     max_boxes: int = Field(default=5, ge=0, le=100)
+    #: Optional ascending edges that turn the activated score p into the integer
+    #: 1 + (number of edges ≤ p), e.g. nine edges for a screening score 1–10 whose bins
+    #: each hold ~10 % of normal exams. The manifest's score_range must then be [1, n+1].
+    score_bins: list[float] | None = Field(default=None, min_length=1, max_length=99)
+
+    @field_validator("score_bins")
+    @classmethod
+    def _ascending(cls, value: list[float] | None) -> list[float] | None:
+        if value is not None and any(b <= a for a, b in pairwise(value)):
+            raise ValueError("score_bins must be strictly ascending")
+        return value
 
 
 class OnnxRuntimeSpec(_Strict):
@@ -436,6 +448,11 @@ class Manifest(_Strict):
             unknown = [c for c in runtime.classes if c not in keys]
             if unknown:
                 raise ValueError(f"runtime classes {unknown} are not keys of outputs.findings")
+            bins = runtime.postprocess.score_bins
+            if bins and tuple(self.outputs.score_range) != (1.0, float(len(bins) + 1)):
+                raise ValueError(
+                    f"with {len(bins)} score_bins the score_range must be [1, {len(bins) + 1}]"
+                )
         if isinstance(runtime, PythonRuntimeSpec):
             module = runtime.entry_point.split(":")[0]
             if module not in self.files:

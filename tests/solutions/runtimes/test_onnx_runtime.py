@@ -361,3 +361,13 @@ def test_a_passed_deadline_is_a_transient_error(package: Path, tmp_path: Path) -
     ctx = _context(package, _manifest(package), [image], deadline=time.monotonic() - 1.0)
     with pytest.raises(TransientRuntimeError):
         OnnxRuntime().run(ctx)
+
+
+def test_score_bins_turn_probabilities_into_integer_scores() -> None:
+    from lods.solutions.runtimes.onnx import binned_score
+
+    bins = [0.1 * i for i in range(1, 10)]
+    assert binned_score(0.05, bins) == 1.0
+    assert binned_score(0.1, bins) == 2.0
+    assert binned_score(0.95, bins) == 10.0
+    assert binned_score(0.42, None) == 0.42

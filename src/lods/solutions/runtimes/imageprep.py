@@ -88,9 +88,17 @@ def load_frames(path: Path, frames: FrameChoice) -> list[Frame]:
         ds = pydicom.dcmread(path)
     except (InvalidDicomError, OSError, ValueError, EOFError) as exc:
         raise PermanentRuntimeError(f"{path.name} is not a readable DICOM file: {exc}") from exc
+    return frames_of(ds, frames, name=path.name)
+
+
+def frames_of(ds: Dataset, frames: FrameChoice, *, name: str = "the image") -> list[Frame]:
+    """The chosen frames of a data set in memory (training uses exactly what serving does).
+
+    The pixel data element is removed from `ds` once decoded (the frames keep the header).
+    """
     keyword = next((k for k in _PIXEL_KEYWORDS if k in ds), None)
     if keyword is None:
-        raise PermanentRuntimeError(f"{path.name} has no pixel data")
+        raise PermanentRuntimeError(f"{name} has no pixel data")
     count = _frame_count(ds)
     indices = _chosen_indices(count, frames)
     photometric = str(ds.get("PhotometricInterpretation", "MONOCHROME2")).strip().upper()
@@ -105,7 +113,7 @@ def load_frames(path: Path, frames: FrameChoice) -> list[Frame]:
     except Exception as exc:  # decoders raise many types; the caller needs one
         syntax = ds.file_meta.get("TransferSyntaxUID", "unknown")
         raise PermanentRuntimeError(
-            f"the pixel data of {path.name} cannot be decoded (transfer syntax {syntax}): {exc}"
+            f"the pixel data of {name} cannot be decoded (transfer syntax {syntax}): {exc}"
         ) from exc
     del ds[keyword]
     result: list[Frame] = []
@@ -113,7 +121,7 @@ def load_frames(path: Path, frames: FrameChoice) -> list[Frame]:
         pixels = _grey(ds, arr, index, photometric)
         if pixels.ndim != 2 or pixels.size == 0:
             raise PermanentRuntimeError(
-                f"frame {index + 1} of {path.name} has an unusable shape {list(pixels.shape)}"
+                f"frame {index + 1} of {name} has an unusable shape {list(pixels.shape)}"
             )
         result.append(Frame(number=index + 1, pixels=pixels, dataset=ds, photometric=photometric))
     return result

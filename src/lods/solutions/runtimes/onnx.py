@@ -322,7 +322,8 @@ class OnnxRuntime:
                     png = None
                     if heatmap is not None and i == 0 and (n, k) == best:
                         png = _heatmap_png(heatmap, geometry)
-                    result.append(_ImageFinding(k, score, box, frames[n].number, png))
+                    binned = binned_score(score, post.score_bins)
+                    result.append(_ImageFinding(k, binned, box, frames[n].number, png))
         return result
 
     def _infer(
@@ -364,6 +365,17 @@ class OnnxRuntime:
                 f"the model gave non-finite scores for image {image.sop_instance_uid}"
             )
         return scores, np.concatenate(heatmap_parts) if heatmap_parts else None
+
+
+def binned_score(score: float, bins: list[float] | None) -> float:
+    """`score` itself, or with `bins` (ascending) the integer 1 + how many bins it reaches.
+
+    Screening AI reports a score 1–10 whose bins each hold ~10 % of normal exams; the
+    bins are part of the locked package, calibrated when the model was made.
+    """
+    if not bins:
+        return score
+    return float(1 + sum(1 for edge in bins if score >= edge))
 
 
 def _scores(raw: np.ndarray, post: OnnxPostprocess, classes: int) -> np.ndarray:
