@@ -29,7 +29,7 @@ Prevalence = Annotated[
 ]
 Size = Annotated[
     int | None,
-    typer.Option("--size", min=64, max=4096, help="Image side in pixels (default: realistic)"),
+    typer.Option("--size", min=256, max=4096, help="Image side in pixels (default: realistic)"),
 ]
 Send = Annotated[
     str | None, typer.Option("--send", help="HOST:PORT of a DICOM node to send them to")
