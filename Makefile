@@ -29,8 +29,8 @@ bench: venv system-deps
 	$(PY) bench/pipeline.py
 
 lint: venv
-	$(VENV)/bin/ruff check src tests bench
-	$(VENV)/bin/ruff format --check src tests bench
+	$(VENV)/bin/ruff check src tests bench reference_solutions
+	$(VENV)/bin/ruff format --check src tests bench reference_solutions
 	$(VENV)/bin/mypy
 
 clean:

@@ -82,7 +82,11 @@ _MU_FAT = 0.046
 _MU_GLAND = 0.080
 _MU_SKIN = 0.080
 _MU_MUSCLE = 0.078
-_MU_MASS = 0.085
+#: Invasive carcinoma is only a little more attenuating than glandular tissue (0.084/mm);
+#: the phantom's masses are denser (desmoplastic tissue, and a task that a small
+#: demonstration model can learn), so that they show in fatty and scattered breasts and
+#: still hide more in dense ones.
+_MU_MASS = 0.105
 _MU_CALC = 1.2
 #: How much deeper along the beam a spicule's sheet of fibrous tissue is than it is wide.
 _SPICULE_DEPTH = 3.0
@@ -516,9 +520,9 @@ def _place_lesion(seed: int, kind: str, laterality: str, views: list[_View]) -> 
     mine = [v for v in views if v.laterality == laterality]
     reach = min(v.depth for v in mine)
     if kind == "round_mass":
-        radius = float(rng.uniform(3.0, 12.0))
+        radius = float(rng.uniform(4.0, 12.0))
     elif kind == "spiculated_mass":
-        radius = float(rng.uniform(2.5, 8.0))
+        radius = float(rng.uniform(3.5, 8.0))
     else:
         radius = float(rng.uniform(2.5, 5.0))  # the cluster's radius
     spicules: list[tuple[float, float, float, float, float]] = []
@@ -532,12 +536,12 @@ def _place_lesion(seed: int, kind: str, laterality: str, views: list[_View]) -> 
             spicules.append((x, lateral, superior, length, width))
     specks: list[tuple[float, float, float, float]] = []
     if kind == "calcifications":
-        for _ in range(int(rng.integers(5, 21))):
+        for _ in range(int(rng.integers(8, 25))):
             offset = rng.standard_normal(3)
             # Uniform in a ball of the cluster's radius.
             offset *= radius * float(rng.uniform()) ** (1 / 3) / max(np.linalg.norm(offset), 1e-9)
             dx, lateral, superior = (float(c) for c in offset)
-            specks.append((dx, lateral, superior, float(rng.uniform(0.25, 0.9))))
+            specks.append((dx, lateral, superior, float(rng.uniform(0.35, 1.0))))
     reach_out = radius * (3.3 if kind == "spiculated_mass" else 1.0)
     tries = 200
     for attempt in range(tries):
