@@ -12,7 +12,7 @@ import time
 from collections.abc import Iterator
 from datetime import datetime
 from pathlib import Path
-from typing import IO
+from typing import IO, Any
 
 import httpx
 import pytest
@@ -42,13 +42,16 @@ def test_create_hospitals_adds_sites_departments_and_nodes(sqlite_runtime: Runti
         sites = {s.code: s for s in db.scalars(select(Site))}
         assert set(sites) == {h.code for h in HOSPITALS}
         kinds = {(d.site_id, d.kind) for d in db.scalars(select(Department))}
-        assert kinds == {(s.id, k) for s in sites.values() for k in ("radiology", "emergency")}
+        wanted = ("radiology", "emergency", "screening")
+        assert kinds == {(s.id, k) for s in sites.values() for k in wanted}
         nodes = {n.ae_title: n for n in db.scalars(select(DicomNode))}
         for h in HOSPITALS:
             assert nodes[h.modality_ae].kind == "modality"
             assert nodes[h.modality_ae].site_id == sites[h.code].id
             assert nodes[h.pacs_ae].kind == "pacs"
             assert nodes[h.pacs_ae].host == h.pacs_host
+            assert nodes[h.mammo_ae].kind == "modality"
+            assert nodes[h.mammo_ae].site_id == sites[h.code].id
 
 
 def test_create_hospitals_adds_nothing_when_run_again(sqlite_runtime: Runtime) -> None:
@@ -57,7 +60,7 @@ def test_create_hospitals_adds_nothing_when_run_again(sqlite_runtime: Runtime) -
     with sqlite_runtime.sessions() as db, db.begin():
         assert create_hospitals(db) == []
     with sqlite_runtime.sessions() as db:
-        assert db.scalar(select(func.count()).select_from(DicomNode)) == 2 * len(HOSPITALS)
+        assert db.scalar(select(func.count()).select_from(DicomNode)) == 3 * len(HOSPITALS)
 
 
 def test_create_accounts_gives_every_role_a_working_password(sqlite_runtime: Runtime) -> None:
@@ -261,18 +264,47 @@ def test_lods_demo_serves_and_receives_its_studies_over_dicom(
     demo_process: tuple[subprocess.Popen[str], Path, int],
 ) -> None:
     proc, data_dir, http_port = demo_process
-    output = _read_until(proc, "Press Ctrl-C", timeout=240)
+    output = _read_until(proc, "Press Ctrl-C", timeout=300)
     assert f"http://127.0.0.1:{http_port}/" in output
     sent = re.search(r"Sent (\d+) studies over DICOM: (\d+) images stored", output)
     assert sent is not None, output
     studies, images = int(sent.group(1)), int(sent.group(2))
     assert 6 <= studies <= 9 and studies <= images <= 3 * studies
+    screened = re.search(r"Sent (\d+) screening exams over DICOM: (\d+) images stored", output)
+    assert screened is not None, output
+    exams, mammograms = int(screened.group(1)), int(screened.group(2))
+    assert exams >= 3 and mammograms == 4 * exams
     assert "refused" not in output
+    assert "Lods Fracture AI (demonstration) 1.0.0 live at HAVNBY, SKOVLUND, AABAKKE" in output
+    assert "(via DICOM)" in output
 
     engine = create_engine(f"sqlite:///{data_dir / 'lods.sqlite3'}")
     with engine.connect() as conn:
-        assert conn.scalar(text("SELECT count(*) FROM studies")) == studies
-        assert conn.scalar(text("SELECT count(*) FROM instances")) == images
+        assert conn.scalar(text("SELECT count(*) FROM studies")) == studies + exams
+        assert conn.scalar(text("SELECT count(*) FROM instances")) == images + mammograms
+    # Every study gets its AI answer: fractures in-process, screening in-process at two
+    # hospitals and through the simulated vendor appliance at the third.
+    deadline = time.monotonic() + 180
+    done: list[Any] = []
+    while time.monotonic() < deadline:
+        with engine.connect() as conn:
+            done = list(
+                conn.execute(
+                    text(
+                        "SELECT v.solution_id, v.runtime_kind, r.outcome FROM study_results r "
+                        "JOIN solution_versions v ON v.id = r.version_fk"
+                    )
+                )
+            )
+        if len(done) >= studies + exams:
+            break
+        time.sleep(1)
+    assert len(done) == studies + exams, done
+    kinds = {(row[0], row[1]) for row in done}
+    assert ("org.lods.reference.fracture", "onnx") in kinds
+    assert ("org.lods.reference.screening", "onnx") in kinds
+    assert any(kind == "dicom_node" for _, kind in kinds)
+    with engine.connect() as conn:
         assert conn.scalar(text("SELECT count(*) FROM sites WHERE code = 'HAVNBY'")) == 1
         channels = conn.scalars(text("SELECT DISTINCT channel FROM instances")).all()
     engine.dispose()

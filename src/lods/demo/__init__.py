@@ -2,10 +2,12 @@
 
 Runs on the embedded default (SQLite and blobs in the data dir, in-process workers):
 starts from a clean data dir unless asked to keep it, sets up three fictional hospitals
-and one user per role, starts the server in this process, sends synthetic CR/DX studies
-through the DICOM port from each hospital's modality AE title, prints where to look,
-and serves until Ctrl-C. This module is the demo's user interface, so it talks with
-`typer.echo`.
+and one user per role, installs the reference AI solutions (approved by the demo AI
+owner, live at the hospitals) and starts a simulated vendor AI appliance, starts the
+server in this process, sends synthetic CR/DX studies (some with fractures) and
+screening mammograms through the DICOM port from each hospital's modality AE titles,
+prints where to look, and serves until Ctrl-C. This module is the demo's user
+interface, so it talks with `typer.echo`.
 """
 
 from __future__ import annotations
@@ -23,11 +25,13 @@ import typer
 import uvicorn
 
 from lods.config import Settings
+from lods.demo.ai import install_demo_ai, vendor_appliance
 from lods.demo.region import HOSPITALS, Account, create_accounts, create_hospitals
 from lods.demo.sender import (
     PlannedStudy,
     SendError,
     SendResult,
+    plan_screening,
     plan_studies,
     send_planned,
     wait_for_port,
@@ -41,13 +45,15 @@ log = logging.getLogger(__name__)
 
 DEMO_SEED = 2025
 DEMO_STUDIES = 8
+DEMO_SCREENING_EXAMS = 4
 DEMO_STABLE_SECONDS = 5.0
 #: Written into a data dir the demo created; only such a dir is ever deleted by the demo.
 MARKER = ".lods-demo"
 #: What a Lods data dir holds; a dir with anything else in it is not deleted.
 _DATA_DIR_ENTRIES = frozenset(
     {MARKER, "lods.sqlite3", "lods.sqlite3-wal", "lods.sqlite3-shm", "lods.sqlite3-journal"}
-    | {"blobs", "quarantine", "tmp", "secret.key"}
+    | {"blobs", "quarantine", "tmp", "secret.key", "solutions", "validation"}
+    | {"demo-appliance", "vendor-appliance.log"}
 )
 
 
@@ -132,14 +138,17 @@ def print_accounts(accounts: list[Account]) -> None:
         typer.echo(f"  {a.role.value:<12} {a.username:<12} {a.password}")
 
 
-def print_results(planned: list[PlannedStudy], results: list[SendResult]) -> None:
+def print_results(
+    planned: list[PlannedStudy], results: list[SendResult], *, what: str = "studies"
+) -> None:
     """Show what the DICOM node stored, study by study, and anything it refused."""
     stored = sum(len(r.stored) for r in results)
-    typer.echo(f"\nSent {len(results)} studies over DICOM: {stored} images stored.")
+    typer.echo(f"\nSent {len(results)} {what} over DICOM: {stored} images stored.")
     for study, result in zip(planned, results, strict=True):
         first = study.datasets[0]
+        description = str(first.get("StudyDescription", ""))
         typer.echo(
-            f"  {result.calling_ae:<13} -> {first.PatientID} {first.StudyDescription:<18} "
+            f"  {result.calling_ae:<13} -> {first.PatientID} {description:<18} "
             f"{first.Modality}  {len(result.stored)}/{len(study.datasets)} images stored"
         )
     for failure in (f for r in results for f in r.failed):
@@ -151,7 +160,9 @@ def print_where(settings: Settings) -> None:
     typer.echo(f"\nOpen http://{settings.host}:{settings.http_port}/ and log in as a user above.")
     typer.echo(
         f"DICOM node: AE title {settings.dicom_ae_title} at {settings.host}:{settings.dicom_port} "
-        f"(calling AE titles: {', '.join(h.modality_ae for h in HOSPITALS)})"
+        "(calling AE titles: "
+        + ", ".join(f"{h.modality_ae}, {h.mammo_ae}" for h in HOSPITALS)
+        + ")"
     )
     typer.echo(f"Studies become stable after {settings.stable_seconds:g} s without new images.")
     typer.echo("Press Ctrl-C to stop.")
@@ -167,10 +178,14 @@ def _send_studies(settings: Settings, *, seed: int) -> None:
         results = send_planned(
             planned, host=settings.host, port=settings.dicom_port, called_ae=settings.dicom_ae_title
         )
+        print_results(planned, results)
+        exams = plan_screening(HOSPITALS, count=DEMO_SCREENING_EXAMS, seed=seed)
+        screened = send_planned(
+            exams, host=settings.host, port=settings.dicom_port, called_ae=settings.dicom_ae_title
+        )
+        print_results(exams, screened, what="screening exams")
     except (OSError, SendError) as exc:
         log.error("the demo could not send its studies (%s); the server keeps running", exc)
-        return
-    print_results(planned, results)
 
 
 def _feed(settings: Settings, server: uvicorn.Server, *, seed: int) -> None:
@@ -183,6 +198,18 @@ def _feed(settings: Settings, server: uvicorn.Server, *, seed: int) -> None:
         print_where(settings)
 
 
+def _appliance_port(settings: Settings) -> int:
+    """The DICOM port of the demo's AI appliance: next to ours if free, else any free one."""
+    for port in (settings.dicom_port + 1, 0):
+        with socket.socket() as s:
+            try:
+                s.bind((settings.host, port))
+            except OSError:
+                continue
+            return int(s.getsockname()[1])
+    raise DemoError("no free port for the demo's AI appliance")
+
+
 def run_demo(settings: Settings, *, keep_data: bool) -> None:
     """Set up the demo region, serve it, send synthetic studies in over DICOM; until Ctrl-C."""
     settings = demo_settings(settings)
@@ -193,6 +220,7 @@ def run_demo(settings: Settings, *, keep_data: bool) -> None:
         raise typer.Exit(code=1) from exc
     print_accounts(accounts)
     runtime = Runtime.open(settings, migrate=False)
+    appliance_port = _appliance_port(settings)
     server = make_http_server(runtime, log_level="warning")
     # A fresh demo always shows the same studies; a kept one gets new ones on each run.
     seed = DEMO_SEED if not keep_data else DEMO_SEED + int(time.time())
@@ -200,8 +228,13 @@ def run_demo(settings: Settings, *, keep_data: bool) -> None:
         target=_feed, args=(settings, server), kwargs={"seed": seed}, daemon=True
     )
     try:
-        feeder.start()
-        serve(runtime, server)  # until Ctrl-C or SIGTERM
+        with vendor_appliance(settings, port=appliance_port) as appliance:
+            lines = install_demo_ai(runtime, appliance_port=appliance_port if appliance else None)
+            typer.echo("\nAI solutions (demonstration, not medical devices):")
+            for line in lines:
+                typer.echo(f"  {line}")
+            feeder.start()
+            serve(runtime, server)  # until Ctrl-C or SIGTERM
         typer.echo("\nStopped.")
     finally:
         runtime.close()

@@ -20,13 +20,15 @@ ACTOR = "demo"
 
 @dataclass(frozen=True)
 class Hospital:
-    """A fictional hospital: its site code, its X-ray room's AE title and modality, its PACS."""
+    """A fictional hospital: its site code, its X-ray room's AE title and modality, its
+    mammography unit's AE title, its PACS."""
 
     code: str
     name: str
     modality_ae: str
     modality: str
     pacs_ae: str
+    mammo_ae: str
 
     @property
     def pacs_host(self) -> str:
@@ -44,14 +46,19 @@ class Account:
 
 
 HOSPITALS = (
-    Hospital("HAVNBY", "Havnby Sygehus", "HAVNBY_DX1", "DX", "HAVNBY_PACS"),
-    Hospital("SKOVLUND", "Skovlund Hospital", "SKOVLUND_CR1", "CR", "SKOVLUND_PACS"),
-    Hospital("AABAKKE", "Åbakke Regionshospital", "AABAKKE_DX1", "DX", "AABAKKE_PACS"),
+    Hospital("HAVNBY", "Havnby Sygehus", "HAVNBY_DX1", "DX", "HAVNBY_PACS", "HAVNBY_MG1"),
+    Hospital(
+        "SKOVLUND", "Skovlund Hospital", "SKOVLUND_CR1", "CR", "SKOVLUND_PACS", "SKOVLUND_MG1"
+    ),
+    Hospital(
+        "AABAKKE", "Åbakke Regionshospital", "AABAKKE_DX1", "DX", "AABAKKE_PACS", "AABAKKE_MG1"
+    ),
 )
 #: Departments of every demo hospital: (code, name, kind).
 DEPARTMENTS = (
     ("RAD", "Radiology", "radiology"),
     ("ED", "Emergency department", "emergency"),
+    ("SCR", "Breast screening", "screening"),
 )
 #: One demo user per role, named after it so nobody has to look names up.
 USERS = (
@@ -77,6 +84,15 @@ def _add_hospital(db: Session, hospital: Hospital) -> None:
         kind="modality",
         department_id=departments["RAD"].id,
         description=f"{hospital.modality} room 1 (synthetic studies)",
+        actor=ACTOR,
+    )
+    add_dicom_node(
+        db,
+        site_id=site.id,
+        ae_title=hospital.mammo_ae,
+        kind="modality",
+        department_id=departments["SCR"].id,
+        description="Mammography unit (synthetic screening exams)",
         actor=ACTOR,
     )
     add_dicom_node(
