@@ -7,22 +7,18 @@ through the real `onnx` runtime, as a Lods worker runs the package.
 
 from __future__ import annotations
 
-import json
-import time
-from pathlib import Path
 from typing import Any
 
 import numpy as np
-import pydicom
 import pytest
+from reference_support import REFERENCE, auc, overlap, run_cases
 
 from lods.solutions.manifest import Manifest
 from lods.solutions.packaging import package_problems, read_manifest
-from lods.solutions.runtimes.base import InputImage, RunContext, RunResult
-from lods.solutions.runtimes.onnx import OnnxRuntime
+from lods.solutions.runtimes.base import RunResult
 from lods.synth.cases import write_xray_cases
 
-PACKAGE = Path(__file__).resolve().parents[2] / "reference_solutions" / "fracture" / "package"
+PACKAGE = REFERENCE / "fracture" / "package"
 TEST_SEED = 2025_1104
 STUDIES = 150
 #: The generation size the model was trained for.
@@ -32,16 +28,6 @@ MIN_AUC = 0.95
 MIN_SENSITIVITY = 0.90
 #: Share of detected positive studies whose top box touches the ground-truth box.
 MIN_BOX_HITS = 0.8
-
-
-def _auc(scores: np.ndarray, labels: np.ndarray) -> float:
-    pos, neg = scores[labels == 1], scores[labels == 0]
-    greater = (pos[:, None] > neg[None, :]).sum() + 0.5 * (pos[:, None] == neg[None, :]).sum()
-    return float(greater / (len(pos) * len(neg)))
-
-
-def _overlap(a: list[float], b: list[int]) -> bool:
-    return min(a[2], b[2]) > max(a[0], b[0]) and min(a[3], b[3]) > max(a[1], b[1])
 
 
 @pytest.fixture(scope="module")
@@ -57,33 +43,7 @@ def held_out(
     """(labels.json case, runtime result) per fresh study."""
     folder = tmp_path_factory.mktemp("fracture")
     labels = write_xray_cases(folder, count=STUDIES, seed=TEST_SEED, prevalence=0.5, size=SIZE)
-    cases = json.loads(labels.read_text(encoding="utf-8"))["cases"]
-    runtime = OnnxRuntime()
-    out: list[tuple[dict[str, Any], RunResult]] = []
-    for number, case in enumerate(cases, start=1):
-        images: list[InputImage] = []
-        for rel in case["files"]:
-            path = folder / rel
-            ds = pydicom.dcmread(path, stop_before_pixels=True)
-            images.append(
-                InputImage(
-                    sop_instance_uid=str(ds.SOPInstanceUID),
-                    series_uid=str(ds.SeriesInstanceUID),
-                    sop_class_uid=str(ds.SOPClassUID),
-                    path=path,
-                    facts={"laterality": str(ds.get("ImageLaterality", ""))},
-                )
-            )
-        ctx = RunContext(
-            job_id=number,
-            package_dir=PACKAGE,
-            manifest=manifest,
-            study_uid=case["study_uid"],
-            images=images,
-            deadline=time.monotonic() + 120.0,
-        )
-        out.append((case, runtime.run(ctx)))
-    return out
+    return run_cases(PACKAGE, manifest, labels)
 
 
 def test_the_package_files_match_the_manifest_hashes(manifest: Manifest) -> None:
@@ -109,7 +69,7 @@ def test_study_auc_and_sensitivity_at_the_doubtful_point_reach_the_goals(
     scores = np.array([float(result.study_score or 0.0) for _, result in held_out])
     assert 40 <= labels.sum() <= STUDIES - 40
     doubtful = manifest.outputs.operating_points.doubtful
-    assert _auc(scores, labels) >= MIN_AUC
+    assert auc(scores, labels) >= MIN_AUC
     assert float((scores[labels == 1] >= doubtful).mean()) >= MIN_SENSITIVITY
     assert float((scores[labels == 0] < doubtful).mean()) >= 0.5  # not by flagging everything
 
@@ -126,6 +86,6 @@ def test_the_top_box_of_most_detected_positives_overlaps_the_fracture(
         top = max(result.findings, key=lambda f: f.score)
         truth = {b["sop_instance_uid"]: b["box"] for b in case["boxes"]}
         if top.box is not None and top.sop_instance_uid in truth:
-            hits += _overlap(top.box.as_list(), truth[top.sop_instance_uid])
+            hits += overlap(top.box.as_list(), truth[top.sop_instance_uid])
     assert detected >= 40
     assert hits / detected >= MIN_BOX_HITS
