@@ -109,6 +109,16 @@ def bearer_token(rt: Runtime, username: str) -> str:
         return create_api_token(db, username=username, label="test", actor="test")
 
 
+def auth(rt: Runtime, username: str) -> dict[str, str]:
+    """Request headers carrying a fresh bearer token of `username`."""
+    return {"Authorization": f"Bearer {bearer_token(rt, username)}"}
+
+
+def csrf(client: TestClient) -> str:
+    """The double-submit CSRF token the client got with its last page."""
+    return client.cookies.get("lods_csrf") or ""
+
+
 @dataclass
 class LiveServer:
     """`lods serve` in a child process on free loopback ports, with its own data dir."""

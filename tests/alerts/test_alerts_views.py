@@ -14,7 +14,7 @@ from lods.alerts.service import raise_alert
 from lods.app import create_app
 from lods.audit.models import AuditEvent
 from lods.runtime import Runtime
-from support import add_cast, bearer_token, login
+from support import add_cast, auth, csrf, login
 
 HTML = {"Accept": "text/html"}
 
@@ -76,10 +76,6 @@ def as_user(client: TestClient, name: str) -> TestClient:
     client.cookies.clear()
     assert login(client, name).status_code == 303
     return client
-
-
-def csrf(client: TestClient) -> str:
-    return client.cookies.get("lods_csrf") or ""
 
 
 def test_alerts_are_for_admins_and_ai_owners(client: TestClient, alerts: Alerts) -> None:
@@ -165,10 +161,6 @@ def api(runtime: Runtime) -> Iterator[tuple[TestClient, Alerts]]:
     raised = raise_two(runtime)
     with TestClient(create_app(runtime), base_url="http://testserver") as client:
         yield client, raised
-
-
-def auth(rt: Runtime, name: str) -> dict[str, str]:
-    return {"Authorization": f"Bearer {bearer_token(rt, name)}"}
 
 
 def test_alerts_api(api: tuple[TestClient, Alerts], runtime: Runtime) -> None:

@@ -14,14 +14,10 @@ from sqlalchemy import select
 from lods.audit import service
 from lods.audit.models import AuditEvent
 from lods.runtime import Runtime
-from support import CAST, bearer_token, login
+from support import CAST, auth, login
 
 OTHER_ROLES = sorted(name for name in CAST if name != "aud")
 API_ROUTES = ["/api/audit/events", "/api/audit/verify", "/api/audit/export"]
-
-
-def auth(rt: Runtime, name: str) -> dict[str, str]:
-    return {"Authorization": f"Bearer {bearer_token(rt, name)}"}
 
 
 def actions(rt: Runtime) -> list[str]:

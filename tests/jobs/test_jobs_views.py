@@ -18,7 +18,7 @@ from lods.jobs.models import Job
 from lods.runtime import Runtime
 from lods.sites.service import create_site
 from lods.solutions.models import SolutionVersion
-from support import add_cast, bearer_token, login
+from support import add_cast, auth, csrf, login
 
 STUDY_UID = "1.2.826.0.1.3680043.8.498.2002"
 HTML = {"Accept": "text/html"}
@@ -108,10 +108,6 @@ def as_user(client: TestClient, name: str) -> TestClient:
     return client
 
 
-def csrf(client: TestClient) -> str:
-    return client.cookies.get("lods_csrf") or ""
-
-
 def test_job_monitor_is_for_admins_and_ai_owners(client: TestClient, queue: Queue) -> None:
     for name in ("rita", "peter", "nina", "aud"):
         as_user(client, name)
@@ -183,10 +179,6 @@ def api(runtime: Runtime) -> Iterator[tuple[TestClient, Queue]]:
     queue = fill_queue(runtime)
     with TestClient(create_app(runtime), base_url="http://testserver") as client:
         yield client, queue
-
-
-def auth(rt: Runtime, name: str) -> dict[str, str]:
-    return {"Authorization": f"Bearer {bearer_token(rt, name)}"}
 
 
 def test_jobs_api(api: tuple[TestClient, Queue], runtime: Runtime) -> None:

@@ -9,13 +9,9 @@ from sqlalchemy import select
 from lods.audit.models import AuditEvent
 from lods.runtime import Runtime
 from lods.sites import service
-from support import CAST, bearer_token, login
+from support import CAST, auth, login
 
 NON_ADMINS = sorted(name for name in CAST if name != "ada")
-
-
-def auth(rt: Runtime, name: str) -> dict[str, str]:
-    return {"Authorization": f"Bearer {bearer_token(rt, name)}"}
 
 
 def last_action(rt: Runtime) -> tuple[str, str]:

@@ -6,11 +6,7 @@ from fastapi.testclient import TestClient
 
 from lods.runtime import Runtime
 from lods.sites import service
-from support import login
-
-
-def csrf(client: TestClient) -> str:
-    return client.cookies.get("lods_csrf") or ""
+from support import csrf, login
 
 
 def test_sites_page_is_for_admins_only(client: TestClient) -> None:

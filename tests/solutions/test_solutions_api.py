@@ -19,7 +19,7 @@ from lods.runtime import Runtime
 from lods.sites.service import create_site
 from lods.solutions import service
 from lods.solutions.packaging import build_package
-from support import add_cast, bearer_token
+from support import add_cast, auth
 
 ENGINE = (
     b"def run(ctx):\n"
@@ -71,10 +71,6 @@ def api(runtime: Runtime) -> Iterator[TestClient]:
         create_site(db, code="AUH", name="Aarhus Universitetshospital", actor="test")
     with TestClient(create_app(runtime), base_url="http://testserver") as client:
         yield client
-
-
-def auth(rt: Runtime, name: str) -> dict[str, str]:
-    return {"Authorization": f"Bearer {bearer_token(rt, name)}"}
 
 
 def install(api: TestClient, headers: dict[str, str], content: bytes) -> Any:

@@ -21,7 +21,7 @@ from lods.sites.service import create_site, get_site_by_code_or_raise
 from lods.solutions import service
 from lods.solutions.models import Deployment, SolutionVersion
 from lods.solutions.packaging import build_package
-from support import login
+from support import csrf, login
 
 HTML = {"Accept": "text/html"}
 ENGINE = (
@@ -73,10 +73,6 @@ def package(folder: Path, version: str = "1.0") -> Path:
 def zipped(folder: Path) -> bytes:
     archive = shutil.make_archive(str(folder), "zip", root_dir=folder)
     return Path(archive).read_bytes()
-
-
-def csrf(client: TestClient) -> str:
-    return client.cookies.get("lods_csrf") or ""
 
 
 def as_user(client: TestClient, name: str) -> TestClient:
