@@ -1,10 +1,11 @@
 """The "solution" job handler: run one solution version on one study, in a worker process.
 
 Steps, each outside a database transaction except where said:
-1. read the job's version, deployment and input instances (short read);
+1. read the job's version, deployment and input instances (one short read);
 2. stop if the deployment is no longer active (permanent: the kill switch won);
-3. re-verify every installed file of the version — a mismatch suspends its deployments,
-   alerts and audits (one short write) and the job fails permanently;
+3. re-verify every installed file of the version (no transaction is held while hashing);
+   a mismatch suspends its deployments, alerts and audits (one short write) and the job
+   fails permanently;
 4. run the runtime (`onnx`, `python`, `dicom_node`) with a deadline and heartbeats;
 5. return a writer that stores findings and the study result; the worker calls it inside
    the transaction that completes the job by compare-and-set, so a cancelled or lost job
@@ -17,8 +18,9 @@ from __future__ import annotations
 import io
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 from PIL import Image
@@ -32,6 +34,7 @@ from lods.imaging.store import BlobStore
 from lods.jobs.errors import PermanentJobError, TransientJobError
 from lods.jobs.worker import JobContext, JobOutcome
 from lods.runtime import Runtime
+from lods.solutions.manifest import parse_manifest
 from lods.solutions.models import (
     Deployment,
     DeploymentState,
@@ -46,7 +49,7 @@ from lods.solutions.runtimes.base import (
     RunResult,
     RuntimeErrorBase,
 )
-from lods.solutions.service import IntegrityFailure, record_integrity_failure, verify_version
+from lods.solutions.service import IntegrityFailure, record_integrity_failure, verify_files
 
 #: How long the inbox waits after a vendor's first answer for the rest of its objects.
 ANSWER_SETTLE_SECONDS = 0.5
@@ -58,8 +61,6 @@ def make_inbox(
     """An InboxWaiter over the `vendor_answers` rows Lods' DICOM node files."""
 
     def wait(study_uid: str, calling_ae: str, since: float, timeout: float) -> list[Path]:
-        from datetime import UTC, datetime
-
         since_dt = datetime.fromtimestamp(since, UTC)
         end = time.monotonic() + max(0.0, timeout)
         first_seen: float | None = None
@@ -90,14 +91,31 @@ def make_inbox(
     return wait
 
 
+@dataclass(frozen=True)
+class _Input:
+    """What a job runs on, read in one short transaction, as plain values."""
+
+    solution: str
+    label: str
+    runtime_kind: str
+    mode: str
+    study_uid: str
+    patient_id: str | None
+    images: list[InputImage]
+    package_path: str
+    manifest_text: str
+    files: dict[str, str]
+
+
 def _load(
     db: Session,
-    job_id: int,
+    store: BlobStore,
+    *,
     version_id: int,
     deployment_id: int | None,
     study_id: int | None,
     uids: list[str],
-) -> dict[str, Any]:
+) -> _Input:
     version = db.get(SolutionVersion, version_id)
     if version is None:
         raise PermanentJobError(f"solution version {version_id} no longer exists")
@@ -109,11 +127,10 @@ def _load(
         raise PermanentJobError(f"deployment {deployment.id} is {deployment.state}: {reason}")
     study = db.get(Study, study_id) if study_id else None
     images: list[InputImage] = []
-    patient: dict[str, str] = {}
+    patient_id = None
     if study is not None:
-        patient_row = db.get(Patient, study.patient_fk)
-        if patient_row is not None:
-            patient = {"patient_id": patient_row.patient_id}
+        patient = db.get(Patient, study.patient_fk)
+        patient_id = patient.patient_id if patient is not None else None
         rows = db.execute(
             select(Instance, Series.series_uid)
             .join(Series, Instance.series_fk == Series.id)
@@ -134,20 +151,22 @@ def _load(
                     sop_instance_uid=uid,
                     series_uid=series_uid,
                     sop_class_uid=inst.sop_class_uid,
-                    path=Path(inst.sha256),  # resolved against the blob store below
+                    path=store.path_for(inst.sha256),
                     number_of_frames=inst.number_of_frames or 1,
                 )
             )
-    return {
-        "version": version,
-        "label": version.label,
-        "solution": f"{version.solution_id}@{version.version}",
-        "runtime_kind": version.runtime_kind,
-        "mode": deployment.mode if deployment else "shadow",
-        "study_uid": study.study_uid if study else "",
-        "images": images,
-        "patient": patient,
-    }
+    return _Input(
+        solution=f"{version.solution_id}@{version.version}",
+        label=version.label,
+        runtime_kind=version.runtime_kind,
+        mode=deployment.mode if deployment else "shadow",
+        study_uid=study.study_uid if study else "",
+        patient_id=patient_id,
+        images=images,
+        package_path=version.package_path,
+        manifest_text=version.manifest_text,
+        files=dict(version.files),
+    )
 
 
 def _heatmap_png(png: bytes) -> bytes:
@@ -169,36 +188,34 @@ def run_solution_job(ctx: JobContext) -> JobOutcome:
         raise PermanentJobError("the job names no solution version")
     uids = list(job.inputs.get("sop_instance_uids", []))
     with runtime.sessions() as db:
-        loaded = _load(db, job.id, job.version_id, job.deployment_id, job.study_id, uids)
-        version: SolutionVersion = loaded["version"]
-        failure: IntegrityFailure | None = None
-        try:
-            verified = verify_version(settings, version)
-        except IntegrityFailure as exc:
-            failure = exc
-        files = dict(version.files)
-        db.expunge_all()
-    if failure is not None:
+        loaded = _load(
+            db,
+            store,
+            version_id=job.version_id,
+            deployment_id=job.deployment_id,
+            study_id=job.study_id,
+            uids=uids,
+        )
+    # Hashing the files needs no database: it runs outside any transaction.
+    problems = verify_files(
+        settings,
+        package_path=loaded.package_path,
+        manifest_text=loaded.manifest_text,
+        files=loaded.files,
+    )
+    if problems:
         with runtime.sessions() as db, db.begin():
             record_integrity_failure(
-                db, version_id=job.version_id, problems=failure.problems, running_job_id=job.id
+                db, version_id=job.version_id, problems=problems, running_job_id=job.id
             )
-        raise PermanentJobError(str(failure))
-    images = [
-        InputImage(
-            sop_instance_uid=i.sop_instance_uid,
-            series_uid=i.series_uid,
-            sop_class_uid=i.sop_class_uid,
-            path=store.path_for(str(i.path)),
-            number_of_frames=i.number_of_frames,
-        )
-        for i in loaded["images"]
-    ]
+        raise PermanentJobError(str(IntegrityFailure(loaded.label, problems)))
+    manifest = parse_manifest(loaded.manifest_text)
+    images = loaded.images
     run_ctx = RunContext(
         job_id=job.id,
-        package_dir=verified.folder,
-        manifest=verified.manifest,
-        study_uid=loaded["study_uid"],
+        package_dir=settings.solutions_dir / loaded.package_path,
+        manifest=manifest,
+        study_uid=loaded.study_uid,
         images=images,
         deadline=ctx.deadline,
         heartbeat=ctx.heartbeat,
@@ -208,7 +225,7 @@ def run_solution_job(ctx: JobContext) -> JobOutcome:
     )
     started = time.monotonic()
     try:
-        result: RunResult = get_runtime(loaded["runtime_kind"]).run(run_ctx)
+        result: RunResult = get_runtime(loaded.runtime_kind).run(run_ctx)
     except RuntimeErrorBase as exc:
         if exc.transient:
             raise TransientJobError(str(exc)) from exc
@@ -218,9 +235,12 @@ def run_solution_job(ctx: JobContext) -> JobOutcome:
     for index, found in enumerate(result.findings):
         if found.heatmap_png:
             heatmaps[index] = store.put_bytes(_heatmap_png(found.heatmap_png)).sha256
-    details = {**result.details, "runtime_ms": elapsed_ms, "images": len(images), "files": files}
-    manifest = verified.manifest
-    mode = loaded["mode"]
+    details = {
+        **result.details,
+        "runtime_ms": elapsed_ms,
+        "images": len(images),
+        "files": loaded.files,
+    }
 
     def write(db: Session) -> None:
         version_row = db.get(SolutionVersion, job.version_id)
@@ -232,21 +252,21 @@ def run_solution_job(ctx: JobContext) -> JobOutcome:
             study_id=job.study_id,
             version=version_row,
             deployment=deployment,
-            mode=mode,
+            mode=loaded.mode,
             manifest=manifest,
             result=result,
             heatmaps=heatmaps,
         )
         record(
             db,
-            actor=f"solution:{loaded['solution']}",
+            actor=f"solution:{loaded.solution}",
             action="ai.result",
-            patient_id=loaded["patient"].get("patient_id"),
-            study_uid=loaded["study_uid"] or None,
+            patient_id=loaded.patient_id,
+            study_uid=loaded.study_uid or None,
             object_ref=f"job:{job.id}",
             detail={
-                "solution": loaded["solution"],
-                "mode": mode,
+                "solution": loaded.solution,
+                "mode": loaded.mode,
                 "inputs": uids,
                 "outcome": stored.outcome,
                 "score": stored.score,
