@@ -21,12 +21,18 @@ from lods.audit import views as audit_views
 from lods.auth import api as auth_api
 from lods.auth import views as auth_views
 from lods.auth.deps import CurrentUser, Forbidden, NotAuthenticated
+from lods.exports import api as exports_api
+from lods.exports import views as exports_views
+from lods.fhir import api as fhir_api
 from lods.findings import api as findings_api
 from lods.imaging import api as imaging_api
 from lods.imaging import dicomweb
 from lods.imaging import views as imaging_views
 from lods.jobs import api as jobs_api
 from lods.jobs import views as jobs_views
+from lods.review import api as review_api
+from lods.review import screening_views
+from lods.review import views as review_views
 from lods.runtime import Runtime
 from lods.sites import api as sites_api
 from lods.sites import views as sites_views
@@ -55,6 +61,13 @@ ROUTERS = [
     jobs_api.router,
     alerts_views.router,
     alerts_api.router,
+    exports_views.router,
+    exports_api.router,
+    review_views.router,
+    review_api.router,
+    screening_views.router,
+    screening_views.api_router,
+    fhir_api.router,
 ]
 
 _MACHINE_PREFIXES = ("/api", "/dicom-web", "/fhir")

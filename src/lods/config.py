@@ -76,6 +76,44 @@ class Settings(BaseSettings):
         5.0, ge=0, description="First retry delay of a transient failure; doubles per attempt"
     )
     job_backoff_max_seconds: float = Field(300.0, ge=0, description="Longest retry delay")
+    # Results out (exports/): the outbox sender of `lods serve`.
+    export_poll_seconds: float = Field(
+        2.0, gt=0, description="How often the outbox sender looks for due sends"
+    )
+    export_backoff_seconds: float = Field(
+        10.0, ge=0, description="First retry delay of a transient send failure; doubles per attempt"
+    )
+    export_backoff_max_seconds: float = Field(
+        900.0, ge=0, description="Longest delay between two attempts of one send"
+    )
+    export_max_attempts: int = Field(
+        100,
+        ge=0,
+        description="Attempts before a send that keeps failing transiently is marked failed "
+        "(0: retry for ever); failed sends are shown to admins and can be retried",
+    )
+    export_lease_seconds: float = Field(
+        300.0,
+        gt=0,
+        description="A send in progress whose sender died is retried after this; "
+        "longer than the longest send",
+    )
+    export_timeout_seconds: float = Field(
+        30.0, gt=0, description="Network time-out of one send (connect, association, response)"
+    )
+    export_ae_title: str | None = Field(
+        None, description="Calling AE title of DICOM exports; default: LODS_DICOM_AE_TITLE"
+    )
+    fhir_push_url: str | None = Field(
+        None,
+        description="FHIR R4 base URL signed reports are pushed to (a transaction Bundle); "
+        "unset: none pushed",
+    )
+    hl7_oru_target: str | None = Field(
+        None,
+        description="host:port of an MLLP receiver (the EHR's interface engine) signed "
+        "reports are sent to as HL7 v2 ORU^R01; unset: none sent",
+    )
 
     @field_validator("dicom_ae_title")
     @classmethod
@@ -84,6 +122,13 @@ class Settings(BaseSettings):
         if not value or len(value) > 16:
             raise ValueError("an AE title is 1 to 16 characters")
         return value
+
+    @field_validator("export_ae_title")
+    @classmethod
+    def _export_ae_title_is_valid(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
+        return cls._ae_title_is_valid(value)
 
     @field_validator("audit_retention_days")
     @classmethod
@@ -117,6 +162,11 @@ class Settings(BaseSettings):
         if self.database_url:
             return self.database_url
         return f"sqlite:///{(self.data_dir / 'lods.sqlite3').resolve()}"
+
+    @property
+    def export_calling_ae(self) -> str:
+        """Return the calling AE title DICOM exports use."""
+        return self.export_ae_title or self.dicom_ae_title
 
     @property
     def blob_dir(self) -> Path:

@@ -1,5 +1,5 @@
-"""`lods serve`: the HTTP app, the DICOM SCP, the stable-study watcher, the router and the
-job worker processes, started and stopped together."""
+"""`lods serve`: the HTTP app, the DICOM SCP, the stable-study watcher, the router, the
+job worker processes and the outbox sender, started and stopped together."""
 
 from __future__ import annotations
 
@@ -13,6 +13,7 @@ import uvicorn
 
 from lods.app import create_app
 from lods.config import Settings
+from lods.exports.sender import ExportSender
 from lods.imaging.scp import DicomServer
 from lods.imaging.stable import StableStudyWatcher
 from lods.jobs.executor import EmbeddedExecutor
@@ -24,21 +25,26 @@ log = logging.getLogger(__name__)
 
 @contextmanager
 def background_services(runtime: Runtime) -> Iterator[DicomServer]:
-    """Run the DICOM node, the stable-study watcher, the router and the job workers for
-    the duration of the block (workers: `LODS_WORKERS` processes; 0 runs none)."""
+    """Run the DICOM node, the stable-study watcher, the router, the job workers and the
+    outbox sender for the duration of the block (workers: `LODS_WORKERS` processes; 0 runs
+    none)."""
     from lods.solutions.execute import HANDLERS_PATH
 
     dicom = DicomServer(runtime)
     watcher = StableStudyWatcher(runtime)
     router = StudyRouter(runtime)
     executor = EmbeddedExecutor(runtime.settings, HANDLERS_PATH)
+    # Results out: delivers the outbox (SR/SC to PACS, FHIR, HL7) with retries.
+    sender = ExportSender(runtime)
     dicom.start()
     watcher.start()
     router.start()
     executor.start()
+    sender.start()
     try:
         yield dicom
     finally:
+        sender.stop()
         executor.stop()
         router.stop()
         watcher.stop()

@@ -21,6 +21,9 @@ class Site(Base):
     code: Mapped[str] = mapped_column(String(32), unique=True)
     name: Mapped[str] = mapped_column(String(200))
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    #: Screening reading strategy: exams with an AI score at or above this get two
+    #: independent reads (the second blind to the first), others one read with the AI shown.
+    screening_double_read_from: Mapped[int] = mapped_column(Integer, default=8, server_default="8")
 
     departments: Mapped[list[Department]] = relationship(back_populates="site")
     nodes: Mapped[list[DicomNode]] = relationship(back_populates="site")

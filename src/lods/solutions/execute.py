@@ -28,6 +28,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from lods.audit.service import record
+from lods.exports import service as exports_service
 from lods.findings.service import replace_job_results
 from lods.imaging.models import Instance, Patient, Series, Study
 from lods.imaging.store import BlobStore
@@ -274,6 +275,9 @@ def run_solution_job(ctx: JobContext) -> JobOutcome:
                 "attempt": job.attempt,
             },
         )
+        # IHE AI Results: an UNVERIFIED SR to the site's PACS when the deployment asks for
+        # it (queued in this transaction; the outbox sender delivers it).
+        exports_service.on_ai_result(db, job.id, settings)
 
     return JobOutcome(result=details, write=write)
 

@@ -9,6 +9,7 @@ from typing import Any
 from sqlalchemy import (
     JSON,
     BigInteger,
+    Boolean,
     ForeignKey,
     Index,
     String,
@@ -16,6 +17,7 @@ from sqlalchemy import (
     UniqueConstraint,
 )
 from sqlalchemy.orm import Mapped, mapped_column, relationship
+from sqlalchemy.sql.expression import false
 
 from lods.db import Base, UTCDateTime, utcnow
 
@@ -101,6 +103,11 @@ class Deployment(Base):
     changed_by: Mapped[str] = mapped_column(String(100))
     #: Why it was suspended or retired (kill switch note, integrity failure, ...).
     state_reason: Mapped[str | None] = mapped_column(Text)
+    #: Send an UNVERIFIED DICOM SR to the site's PACS as soon as the AI has answered
+    #: (IHE AI Results); the VERIFIED one follows the radiologist's sign-off either way.
+    export_unverified_sr: Mapped[bool] = mapped_column(
+        Boolean, default=False, server_default=false()
+    )
 
     version: Mapped[SolutionVersion] = relationship(back_populates="deployments")
 

@@ -1,0 +1,1 @@
+"""Clinical review: worklists, reading, decisions on AI findings, signed reports."""
