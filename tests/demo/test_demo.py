@@ -275,7 +275,7 @@ def test_lods_demo_serves_and_receives_its_studies_over_dicom(
     exams, mammograms = int(screened.group(1)), int(screened.group(2))
     assert exams >= 3 and mammograms == 4 * exams
     assert "refused" not in output
-    assert "Lods Fracture AI (demonstration) 1.0.0 live at HAVNBY, SKOVLUND, AABAKKE" in output
+    assert "Lods Fracture AI (demonstration) 1.1.0 live at HAVNBY, SKOVLUND, AABAKKE" in output
     assert "(via DICOM)" in output
 
     engine = create_engine(f"sqlite:///{data_dir / 'lods.sqlite3'}")

@@ -2,11 +2,13 @@
 
 A radiologist opens the acute worklist, opens the top study, agrees with one AI finding,
 disagrees with another (by keyboard), draws a finding the AI missed and signs; the report
-is then final with her as the signer, and every decision is stored.
+is then final with her as the signer, every decision is stored, and the server's outbox
+delivers the VERIFIED SR to the site's PACS (a real Orthanc).
 """
 
 from __future__ import annotations
 
+import time
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
@@ -20,6 +22,8 @@ import support
 from lods.auth.models import User
 from lods.review.models import FindingDecision, Report
 from lods.runtime import Runtime
+from lods.sites.service import add_dicom_node
+from orthanc_peer import Orthanc
 
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMIUM_ARGS = [
@@ -47,8 +51,20 @@ def test_radiologist_reviews_and_signs_the_top_study_of_the_worklist(
     rt = Runtime.open(
         support.make_settings(live_server.data_dir, live_server.database_url), migrate=False
     )
+    pacs = Orthanc(tmp_path / "orthanc")
+    pacs.start()
     try:
         test_site = site(rt, "TEST")
+        with rt.sessions() as db, db.begin():
+            add_dicom_node(
+                db,
+                site_id=test_site,
+                ae_title=pacs.ae_title,
+                kind="pacs",
+                host="127.0.0.1",
+                port=pacs.dicom_port,
+                actor="test",
+            )
         deployment = deploy(rt, tmp_path / "spot", site_code="TEST")
         calm = add_study(
             rt,
@@ -208,5 +224,19 @@ def test_radiologist_reviews_and_signs_the_top_study_of_the_worklist(
         assert added.box_y0 == pytest.approx(0.2 * ROWS, abs=3)
         assert added.box_x1 == pytest.approx(0.3 * COLS, abs=3)
         assert added.box_y1 == pytest.approx(0.5 * ROWS, abs=3)
+
+        # The server's outbox sender delivers the VERIFIED SR to the PACS on its own.
+        deadline = time.monotonic() + 90
+        verified: list[dict[str, Any]] = []
+        while time.monotonic() < deadline and not verified:
+            verified = [
+                i
+                for i in pacs.instances_of_study(top.uid)
+                if pacs.tags(i["ID"]).get("VerificationFlag") == "VERIFIED"
+            ]
+            time.sleep(0.5)
+        assert verified, "the VERIFIED SR did not reach the PACS"
+        assert pacs.tags(verified[0]["ID"])["Modality"] == "SR"
     finally:
+        pacs.stop()
         rt.close()
