@@ -8,17 +8,24 @@ Steps (all seeds fixed, CPU, one thread):
    `GEN_SIZE`² pixels) and turn every view into the model input with exactly the
    runtime's pre-processing (`imageprep.frames_of` → `to_unit_range` → `prepare`, with the
    manifest's `OnnxPreprocess`); ground-truth boxes are mapped into the input with the
-   returned `Geometry`.
-2. Train a small fully convolutional CNN: a heatmap on a 1/8 grid (per-cell BCE against
-   the box mask) and an image score = the maximum of the heatmap (BCE against the
-   image label: positive when the view's SOP Instance UID has a box). Phase A trains on
-   crops (cheap); phase B on whole inputs (`EPOCHS_FULL`, 0 in the committed version:
-   see MODEL_CARD.md, the model does not yet reach its goal).
+   returned `Geometry`. For every fractured training study the generator also draws its
+   intact twin (`make_case` with the same seed and no fracture: the very same pixels but
+   inside the fracture's box).
+2. Train a patch classifier: does this `PATCH`² window hold a fracture near its centre?
+   Positives are windows around each fracture; negatives are (a) the same window of the
+   intact twin — so the only difference the model can learn is the fracture itself —,
+   (b) windows on the tissue of intact studies and (c) from the second epoch on, "hard"
+   windows around the highest-scoring places of intact training views (hard-negative
+   mining, redone every `MINE_EVERY` epochs). The classifier is built from unpadded
+   ("valid") convolutions and a max-pool, so running it on a whole (zero-padded) view
+   gives, for every cell of a 1/8 grid, exactly the score of the window centred there:
+   a heatmap whose maximum is the view's score, with no gap between how it was trained
+   and how it is served.
 3. Choose the operating points on the validation studies (study score = max over views):
    `doubtful` keeps sensitivity ≥ `VAL_SENSITIVITY`, `sure` keeps specificity ≥
    `VAL_SPECIFICITY`.
 4. Export `model.onnx` (inputs "image" N×1×H×W; outputs "scores" N×1 and "heatmap"
-   N×1×h×w, logits) and write the package (`manifest.yaml` with hashes) to `package/`.
+   N×1×H/8×W/8, logits) and write the package (`manifest.yaml` with hashes) to `package/`.
 """
 
 from __future__ import annotations
@@ -41,21 +48,31 @@ from lods.solutions.manifest import OnnxPreprocess, manifest_from_dict
 from lods.solutions.packaging import build_package
 from lods.solutions.runtimes.imageprep import frames_of, prepare, to_unit_range
 from lods.synth.cases import iter_xray_cases
+from lods.synth.xray import Case, make_case
 
 HERE = Path(__file__).resolve().parent
 PACKAGE_DIR = HERE / "package"
 #: Side of the generated synthetic images (the runtime resizes them to `INPUT`).
 GEN_SIZE = 768
 INPUT = 384
+#: The heatmap's grid: one cell per STRIDE² input pixels.
 STRIDE = 8
-GRID = INPUT // STRIDE
+#: The classifier's window, and the zero border that lets windows reach the image edge
+#: (PAD puts the centre of the window of cell k at input pixel STRIDE·k + STRIDE/2).
+PATCH = 64
+PAD = 28
 TRAIN_SEED, VAL_SEED = 20_251, 20_252
 TRAIN_CASES, VAL_CASES = 1400, 300
 PREVALENCE = 0.5
-CROP = 128
-EPOCHS_CROP, EPOCHS_FULL = 20, 0
-VAL_SENSITIVITY = 0.93
-VAL_SPECIFICITY = 0.95
+WIDTH = 2
+EPOCHS = 20
+MINE_EVERY = 2
+#: Intact training views whose top places are mined each round.
+MINE_VIEWS = 600
+BATCH = 32
+LEARNING_RATE = 1e-3
+VAL_SENSITIVITY = 0.95
+VAL_SPECIFICITY = 0.995
 PREPROCESS = OnnxPreprocess(
     frames="first",
     window="header",
@@ -81,25 +98,50 @@ class Views:
     case: np.ndarray
     case_labels: np.ndarray
     case_kinds: list[str | None]
+    #: View index → the same view of the study's intact twin (training only).
+    twins: dict[int, np.ndarray]
 
 
-def load_views(count: int, seed: int) -> Views:
+def _model_input(ds: Any) -> tuple[np.ndarray, Any]:
+    (frame,) = frames_of(copy.deepcopy(ds), PREPROCESS.frames)
+    tensor, geometry = prepare(
+        to_unit_range(frame, PREPROCESS.window, PREPROCESS.invert_monochrome1),
+        PREPROCESS,
+        laterality=str(ds.get("ImageLaterality", "")),
+    )
+    return tensor[0].astype(np.float16), geometry
+
+
+def _twin(case: Case, seed: int, index: int) -> Case:
+    """The fractured `case` (number `index` of the set from `seed`) without its fracture;
+    `lods.synth.cases` seeds case `index` with seed·1,000,003 + index."""
+    return make_case(
+        seed * 1_000_003 + index,
+        body_part=case.body_part,
+        modality=case.modality,
+        age=case.age,
+        sex=case.sex,
+        case_id=case.case_id,
+        size=GEN_SIZE,
+    )
+
+
+def load_views(count: int, seed: int, *, twins: bool = False) -> Views:
     """Generate `count` cases from `seed` and pre-process their views as the runtime does."""
     images, boxes, labels, owner, case_labels, kinds = [], [], [], [], [], []
+    twin_images: dict[int, np.ndarray] = {}
     for index, case in enumerate(
         iter_xray_cases(count=count, seed=seed, prevalence=PREVALENCE, size=GEN_SIZE)
     ):
         case_labels.append(case.label)
         kinds.append(case.finding)
-        for ds in case.datasets:
+        twin = _twin(case, seed, index).datasets if twins and case.label else None
+        for number, ds in enumerate(case.datasets):
             uid = str(ds.SOPInstanceUID)
-            (frame,) = frames_of(copy.deepcopy(ds), PREPROCESS.frames)
-            tensor, geometry = prepare(
-                to_unit_range(frame, PREPROCESS.window, PREPROCESS.invert_monochrome1),
-                PREPROCESS,
-                laterality=str(ds.get("ImageLaterality", "")),
-            )
-            images.append(tensor[0].astype(np.float16))
+            image, geometry = _model_input(ds)
+            if twin is not None:
+                twin_images[len(images)] = _model_input(twin[number])[0]
+            images.append(image)
             box = case.boxes.get(uid)
             if box is None:
                 boxes.append((np.nan,) * 4)
@@ -118,150 +160,151 @@ def load_views(count: int, seed: int) -> Views:
         case=np.asarray(owner),
         case_labels=np.asarray(case_labels),
         case_kinds=kinds,
+        twins=twin_images,
     )
 
 
-def box_mask(box: np.ndarray, origin: tuple[int, int], size: int) -> np.ndarray:
-    """The heatmap target: grid cells (stride `STRIDE`) of a `size`² window at `origin`
-    (x, y) whose area overlaps the box by at least half a cell width each way."""
-    cells = size // STRIDE
-    mask = np.zeros((cells, cells), dtype=np.float32)
-    if np.isnan(box[0]):
-        return mask
-    x0, y0, x1, y1 = (box - np.array([*origin, *origin], dtype=np.float32)) / STRIDE
-    c0, c1 = int(np.clip(np.floor(x0 + 0.5), 0, cells)), int(np.clip(np.ceil(x1 - 0.5), 0, cells))
-    r0, r1 = int(np.clip(np.floor(y0 + 0.5), 0, cells)), int(np.clip(np.ceil(y1 - 0.5), 0, cells))
-    cx, cy = int((x0 + x1) / 2), int((y0 + y1) / 2)
-    if 0 <= cx < cells and 0 <= cy < cells:  # at least the centre cell
-        mask[cy, cx] = 1.0
-    mask[r0:r1, c0:c1] = 1.0
-    return mask
+def window(image: np.ndarray, cx: float, cy: float) -> np.ndarray:
+    """The `PATCH`² window of `image` centred at (cx, cy), zero outside the image."""
+    out = np.zeros((PATCH, PATCH), dtype=np.float32)
+    x0, y0 = int(cx) - PATCH // 2, int(cy) - PATCH // 2
+    sx0, sy0 = max(0, x0), max(0, y0)
+    sx1, sy1 = min(image.shape[1], x0 + PATCH), min(image.shape[0], y0 + PATCH)
+    if sx1 > sx0 and sy1 > sy0:
+        out[sy0 - y0 : sy1 - y0, sx0 - x0 : sx1 - x0] = image[sy0:sy1, sx0:sx1]
+    return out
 
 
-def _negative_origin(image: np.ndarray, rng: np.random.Generator) -> tuple[int, int]:
-    """A crop origin for a view without a fracture: mostly centred on bone (the densest
-    quarter of the image), as positive crops are, so that bone itself is no cue."""
-    limit = INPUT - CROP
-    if rng.random() < 0.2:
-        ox, oy = (int(v) for v in rng.integers(0, limit // STRIDE + 1, size=2) * STRIDE)
-        return ox, oy
-    coarse = image[::STRIDE, ::STRIDE].astype(np.float32)
-    rows, cols = np.nonzero(coarse >= np.quantile(coarse, 0.75))
+def _tissue_centre(image: np.ndarray, rng: np.random.Generator) -> tuple[float, float]:
+    """A window centre on the limb (rarely anywhere), so that negatives look like bone."""
+    if rng.random() < 0.1:
+        x, y = rng.integers(0, INPUT, size=2)
+        return float(x), float(y)
+    coarse = image[::4, ::4].astype(np.float32)
+    rows, cols = np.nonzero(coarse >= 0.2)
+    if len(rows) == 0:
+        x, y = rng.integers(0, INPUT, size=2)
+        return float(x), float(y)
     pick = int(rng.integers(len(rows)))
-    centre = np.array([cols[pick], rows[pick]]) * STRIDE + rng.integers(-24, 25, size=2)
-    ox, oy = (int(np.clip((c - CROP // 2) // STRIDE * STRIDE, 0, limit)) for c in centre)
-    return ox, oy
+    jitter = rng.integers(-2, 3, size=2)
+    return float(cols[pick] * 4 + jitter[0]), float(rows[pick] * 4 + jitter[1])
 
 
-def crop_batch(
-    views: Views, indices: np.ndarray, rng: np.random.Generator
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Crops of `CROP`² (stride-aligned) holding the whole box for positive views, anywhere
-    inside the image for negatives; with flips. Returns images, labels, heatmap masks."""
-    xs, ys, ms = [], [], []
-    limit = INPUT - CROP
-    for i in indices:
-        box = views.boxes[i]
-        if np.isnan(box[0]):
-            ox, oy = _negative_origin(views.images[i], rng)
+def epoch_windows(
+    views: Views, hard: dict[int, list[tuple[int, int]]], rng: np.random.Generator
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """One epoch's windows and labels: per fractured view a positive and its twin's
+    negative, as many windows of intact views again (half hard ones once mined); flips."""
+    xs: list[np.ndarray] = []
+    ys: list[float] = []
+    positives = np.nonzero(views.labels == 1)[0]
+    negatives = np.nonzero(views.labels == 0)[0]
+    for i in positives:
+        x0, y0, x1, y1 = views.boxes[i]
+        cx, cy = np.array([(x0 + x1) / 2, (y0 + y1) / 2]) + rng.integers(-10, 11, size=2)
+        xs.append(window(views.images[i], cx, cy))
+        ys.append(1.0)
+        twin = views.twins.get(int(i))
+        if twin is not None:
+            xs.append(window(twin, cx, cy))
+            ys.append(0.0)
+    for i in rng.choice(negatives, len(positives)):
+        places = hard.get(int(i))
+        if places and rng.random() < 0.5:
+            px, py = places[int(rng.integers(len(places)))]
+            jx, jy = rng.integers(-8, 9, size=2)
+            cx, cy = float(px + jx), float(py + jy)
         else:
-            origin = []
-            for low, high in ((box[0], box[2]), (box[1], box[3])):
-                first = max(0, int(np.ceil((high - CROP) / STRIDE)))
-                last = min(limit // STRIDE, int(np.floor(low / STRIDE)))
-                origin.append(int(rng.integers(min(first, last), max(first, last) + 1)) * STRIDE)
-            ox, oy = origin
-        image = views.images[i, oy : oy + CROP, ox : ox + CROP].astype(np.float32)
-        mask = box_mask(box, (ox, oy), CROP)
-        if rng.random() < 0.5:
-            image, mask = image[:, ::-1], mask[:, ::-1]
-        if rng.random() < 0.5:
-            image, mask = image[::-1], mask[::-1]
-        xs.append(np.ascontiguousarray(image))
-        ms.append(np.ascontiguousarray(mask))
-        ys.append(views.labels[i])
-    return (
-        torch.from_numpy(np.stack(xs))[:, None],
-        torch.tensor(ys, dtype=torch.float32),
-        torch.from_numpy(np.stack(ms))[:, None],
-    )
-
-
-def full_batch(
-    views: Views, indices: np.ndarray, rng: np.random.Generator
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Whole model inputs with their labels and heatmap masks (with flips)."""
-    xs, ms = [], []
-    for i in indices:
-        image = views.images[i].astype(np.float32)
-        mask = box_mask(views.boxes[i], (0, 0), INPUT)
-        if rng.random() < 0.5:
-            image, mask = image[:, ::-1], mask[:, ::-1]
-        if rng.random() < 0.5:
-            image, mask = image[::-1], mask[::-1]
-        xs.append(np.ascontiguousarray(image))
-        ms.append(np.ascontiguousarray(mask))
-    return (
-        torch.from_numpy(np.stack(xs))[:, None],
-        torch.from_numpy(views.labels[indices]),
-        torch.from_numpy(np.stack(ms))[:, None],
-    )
+            cx, cy = _tissue_centre(views.images[i], rng)
+        xs.append(window(views.images[i], cx, cy))
+        ys.append(0.0)
+    batch = np.stack(xs)
+    flip = rng.random(len(batch)) < 0.5
+    batch[flip] = batch[flip, :, ::-1]
+    flip = rng.random(len(batch)) < 0.5
+    batch[flip] = batch[flip, ::-1]
+    return torch.from_numpy(np.ascontiguousarray(batch))[:, None], torch.tensor(ys)
 
 
 # --- model ----------------------------------------------------------------------------------
 
 
-def _block(inputs: int, outputs: int, stride: int = 1, dilation: int = 1) -> nn.Sequential:
+def _valid(inputs: int, outputs: int, stride: int = 1) -> nn.Sequential:
+    """3×3 convolution without padding, batch norm, ReLU."""
     return nn.Sequential(
-        nn.Conv2d(inputs, outputs, 3, stride, padding=dilation, dilation=dilation, bias=False),
+        nn.Conv2d(inputs, outputs, 3, stride, padding=0, bias=False),
         nn.BatchNorm2d(outputs),
         nn.ReLU(inplace=True),
     )
 
 
 class FractureNet(nn.Module):
-    """Fully convolutional: a 1/8 grid of heatmap logits; the image score is the heatmap's
-    maximum, so crops and whole images are scored alike and a score ≥ 0.5 has a box."""
+    """A `PATCH`² window classifier made of valid convolutions (receptive field of the
+    last features 61 px, three stride-2 layers) and a 3×3 max-pool over them; on a
+    `PATCH`² window it gives one logit, on a whole view padded by `PAD` one logit per
+    1/8-grid cell (the heatmap), whose maximum is the view's score."""
 
-    def __init__(self) -> None:
+    def __init__(self, width: int = WIDTH) -> None:
         super().__init__()
+        a, b, c = 16 * width, 32 * width, 64 * width
         self.features = nn.Sequential(
-            _block(1, 16, 2),
-            _block(16, 16),
-            _block(16, 32, 2),
-            _block(32, 32),
-            _block(32, 64, 2),
-            _block(64, 64),
-            _block(64, 64, dilation=2),
-            _block(64, 64, dilation=4),
+            _valid(1, a),
+            _valid(a, a, 2),
+            _valid(a, b),
+            _valid(b, b, 2),
+            _valid(b, c),
+            _valid(c, c, 2),
+            _valid(c, c),
         )
-        self.head = nn.Conv2d(64, 1, 1)
+        self.pool = nn.MaxPool2d(3, 1)
+        self.head = nn.Conv2d(c, 1, 1)
+
+    def cells(self, padded: torch.Tensor) -> torch.Tensor:
+        """Logits of every window of a (padded) input, on the 1/8 grid."""
+        return self.head(self.pool(self.features(padded)))
 
     def forward(self, image: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        heatmap = self.head(self.features(image))
+        heatmap = self.cells(F.pad(image, (PAD, PAD, PAD, PAD)))
         return torch.amax(heatmap, dim=(2, 3)), heatmap
 
 
-def loss_of(
-    model: FractureNet, images: torch.Tensor, labels: torch.Tensor, masks: torch.Tensor
-) -> torch.Tensor:
-    scores, heatmap = model(images)
-    score_loss = F.binary_cross_entropy_with_logits(scores[:, 0], labels)
-    cells = F.binary_cross_entropy_with_logits(heatmap, masks, reduction="none")
-    positive = (cells * masks).sum() / masks.sum().clamp(min=1.0)
-    negative = (cells * (1.0 - masks)).sum() / (1.0 - masks).sum().clamp(min=1.0)
-    return score_loss + positive + negative
-
-
-def predict(model: FractureNet, views: Views, batch: int = 16) -> np.ndarray:
-    """Sigmoid scores of every view (whole inputs, as served)."""
+def heatmaps(model: FractureNet, views: Views, indices: np.ndarray, batch: int = 16) -> np.ndarray:
+    """Heatmap logits (N×H/8×W/8) of the given views, as served."""
     model.eval()
     out = []
     with torch.no_grad():
-        for start in range(0, len(views.labels), batch):
-            x = torch.from_numpy(views.images[start : start + batch].astype(np.float32))[:, None]
-            out.append(torch.sigmoid(model(x)[0][:, 0]).numpy())
+        for start in range(0, len(indices), batch):
+            chunk = indices[start : start + batch]
+            x = torch.from_numpy(views.images[chunk].astype(np.float32))[:, None]
+            out.append(model(x)[1][:, 0].numpy())
     return np.concatenate(out)
+
+
+def predict(model: FractureNet, views: Views) -> np.ndarray:
+    """Sigmoid scores of every view (whole inputs, as served)."""
+    maps = heatmaps(model, views, np.arange(len(views.labels)))
+    return 1.0 / (1.0 + np.exp(-maps.reshape(len(maps), -1).max(axis=1)))
+
+
+def mine(
+    model: FractureNet, views: Views, rng: np.random.Generator, per_view: int = 5
+) -> dict[int, list[tuple[int, int]]]:
+    """The `per_view` highest-scoring, separated places (input pixels) of `MINE_VIEWS`
+    intact training views."""
+    negatives = np.nonzero(views.labels == 0)[0]
+    chosen = rng.choice(negatives, min(MINE_VIEWS, len(negatives)), replace=False)
+    maps = heatmaps(model, views, chosen)
+    hard: dict[int, list[tuple[int, int]]] = {}
+    for k, i in enumerate(chosen):
+        peaks: list[tuple[int, int]] = []
+        for flat in np.argsort(maps[k].ravel())[::-1][:60]:
+            row, col = divmod(int(flat), maps.shape[-1])
+            if all(abs(row - r) + abs(col - c) > 3 for c, r in peaks):
+                peaks.append((col, row))
+            if len(peaks) == per_view:
+                break
+        hard[int(i)] = [(c * STRIDE + STRIDE // 2, r * STRIDE + STRIDE // 2) for c, r in peaks]
+    return hard
 
 
 def study_scores(views: Views, image_scores: np.ndarray) -> np.ndarray:
@@ -302,36 +345,38 @@ def train(
     views: Views,
     rng: np.random.Generator,
     log: list[str],
-    epochs: tuple[int, int] = (EPOCHS_CROP, EPOCHS_FULL),
+    epochs: int = EPOCHS,
+    validation: Views | None = None,
 ) -> None:
-    optimiser = torch.optim.AdamW(model.parameters(), lr=2e-3, weight_decay=1e-4)
-    n = len(views.labels)
-    crop_epochs, full_epochs = epochs
-    crop_steps = crop_epochs * (n // 16)
-    full_steps = full_epochs * (n // 8)
-    schedule = torch.optim.lr_scheduler.OneCycleLR(
-        optimiser, max_lr=2e-3, total_steps=crop_steps + full_steps, pct_start=0.1
-    )
-    phases = (("crop", crop_epochs, 16, crop_batch), ("full", full_epochs, 8, full_batch))
-    for name, epochs, size, make in phases:
-        for epoch in range(epochs):
-            model.train()
-            started, total, steps = time.perf_counter(), 0.0, 0
-            order = rng.permutation(n)
-            for start in range(0, n - size + 1, size):
-                images, labels, masks = make(views, order[start : start + size], rng)
-                loss = loss_of(model, images, labels, masks)
-                optimiser.zero_grad()
-                loss.backward()
-                optimiser.step()
-                schedule.step()
-                total, steps = total + loss.item(), steps + 1
-            line = (
-                f"{name} epoch {epoch + 1}/{epochs}: loss {total / steps:.4f} "
-                f"({time.perf_counter() - started:.0f} s)"
-            )
-            log.append(line)
-            print(line, flush=True)
+    optimiser = torch.optim.Adam(model.parameters(), lr=LEARNING_RATE)
+    hard: dict[int, list[tuple[int, int]]] = {}
+    for epoch in range(epochs):
+        started = time.perf_counter()
+        if epoch >= MINE_EVERY and epoch % MINE_EVERY == 0:
+            hard = mine(model, views, rng)
+        for group in optimiser.param_groups:  # cosine decay per epoch
+            group["lr"] = LEARNING_RATE * 0.5 * (1.0 + np.cos(np.pi * epoch / epochs))
+        images, labels = epoch_windows(views, hard, rng)
+        model.train()
+        order = torch.randperm(len(labels))
+        total, steps = 0.0, 0
+        for start in range(0, len(labels), BATCH):
+            chosen = order[start : start + BATCH]
+            logits = model.cells(images[chosen]).flatten(1).amax(dim=1)
+            loss = F.binary_cross_entropy_with_logits(logits, labels[chosen])
+            optimiser.zero_grad()
+            loss.backward()
+            optimiser.step()
+            total, steps = total + loss.item(), steps + 1
+        line = (
+            f"epoch {epoch + 1}/{epochs}: {len(labels)} windows, loss {total / steps:.4f} "
+            f"({time.perf_counter() - started:.0f} s)"
+        )
+        if validation is not None and (epoch % 4 == 3 or epoch == epochs - 1):
+            study = study_scores(validation, predict(model, validation))
+            line += f", validation study AUC {auc(validation.case_labels, study):.3f}"
+        log.append(line)
+        print(line, flush=True)
 
 
 def export(model: FractureNet, target: io.BytesIO) -> None:
@@ -353,7 +398,7 @@ def manifest(doubtful: float, sure: float) -> dict[str, Any]:
     return {
         "id": "org.lods.reference.fracture",
         "name": "Lods Fracture AI (demonstration)",
-        "version": "1.0.0",
+        "version": "1.1.0",
         "vendor": "Lods project",
         "description": (
             "Reference fracture detector of the Lods project: a small CNN that scores each "
@@ -436,26 +481,26 @@ def main() -> None:
     parser.add_argument("--train-cases", type=int, default=TRAIN_CASES)
     parser.add_argument("--val-cases", type=int, default=VAL_CASES)
     parser.add_argument("--out", type=Path, default=PACKAGE_DIR)
-    parser.add_argument("--crop-epochs", type=int, default=EPOCHS_CROP)
-    parser.add_argument("--full-epochs", type=int, default=EPOCHS_FULL)
+    parser.add_argument("--epochs", type=int, default=EPOCHS)
+    parser.add_argument("--width", type=int, default=WIDTH)
     args = parser.parse_args()
     torch.set_num_threads(1)
     torch.manual_seed(0)
     rng = np.random.default_rng(0)
     log: list[str] = []
     started = time.perf_counter()
-    train_views = load_views(args.train_cases, TRAIN_SEED)
+    train_views = load_views(args.train_cases, TRAIN_SEED, twins=True)
     val_views = load_views(args.val_cases, VAL_SEED)
     data_s = time.perf_counter() - started
     print(
-        f"data: {len(train_views.labels)} train views, {len(val_views.labels)} val views "
-        f"({data_s:.0f} s)",
+        f"data: {len(train_views.labels)} train views (+{len(train_views.twins)} intact "
+        f"twins), {len(val_views.labels)} val views ({data_s:.0f} s)",
         flush=True,
     )
-    model = FractureNet()
+    model = FractureNet(args.width)
     params = sum(p.numel() for p in model.parameters())
     train_started = time.perf_counter()
-    train(model, train_views, rng, log, (args.crop_epochs, args.full_epochs))
+    train(model, train_views, rng, log, args.epochs, val_views)
     train_s = time.perf_counter() - train_started
     val_study = study_scores(val_views, predict(model, val_views))
     labels = val_views.case_labels

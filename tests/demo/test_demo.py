@@ -302,6 +302,10 @@ def test_lods_demo_serves_and_receives_its_studies_over_dicom(
     assert len(done) == studies + exams, done
     kinds = {(row[0], row[1]) for row in done}
     assert ("org.lods.reference.fracture", "onnx") in kinds
+    # every other demo study has a fracture: the fracture AI flags some, not all
+    fracture_outcomes = {row[2] for row in done if row[0] == "org.lods.reference.fracture"}
+    assert "negative" in fracture_outcomes, fracture_outcomes
+    assert fracture_outcomes & {"positive", "uncertain"}, fracture_outcomes
     assert ("org.lods.reference.screening", "onnx") in kinds
     assert any(kind == "dicom_node" for _, kind in kinds)
     with engine.connect() as conn:

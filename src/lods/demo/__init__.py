@@ -45,6 +45,9 @@ log = logging.getLogger(__name__)
 
 DEMO_SEED = 2025
 DEMO_STUDIES = 8
+#: Side of the demo's radiographs: the size the reference fracture AI was trained and
+#: validated on (see its model card), so the demo shows what it measured.
+DEMO_XRAY_SIZE = 768
 DEMO_SCREENING_EXAMS = 4
 DEMO_STABLE_SECONDS = 5.0
 #: Written into a data dir the demo created; only such a dir is ever deleted by the demo.
@@ -173,7 +176,12 @@ def _send_studies(settings: Settings, *, seed: int) -> None:
     try:
         wait_for_port(settings.host, settings.dicom_port, timeout=60)
         planned = plan_studies(
-            HOSPITALS, count=DEMO_STUDIES, seed=seed, now=datetime.now(), patient_seed=DEMO_SEED
+            HOSPITALS,
+            count=DEMO_STUDIES,
+            seed=seed,
+            now=datetime.now(),
+            patient_seed=DEMO_SEED,
+            size=DEMO_XRAY_SIZE,
         )
         results = send_planned(
             planned, host=settings.host, port=settings.dicom_port, called_ae=settings.dicom_ae_title
