@@ -14,7 +14,7 @@ from lods.db import utcnow
 from lods.findings.models import Finding
 from lods.imaging.models import Patient, Study
 from lods.review import service as review
-from lods.review.worklist import acute_worklist, recent_studies
+from lods.review.worklist import acute_worklist, recent_fingerprint, recent_studies
 from lods.runtime import Runtime
 from lods.sites.service import create_site
 from lods.solutions.runtimes.base import CodeRef, FindingResult
@@ -141,3 +141,27 @@ def test_the_ed_view_keeps_to_its_hours(region: tuple[Runtime, int, int, int]) -
     _study(rt, site_id, "yesterday", age_minutes=60 * 20)
     with rt.sessions() as db:
         assert [r.patient_name for r in recent_studies(db, site_id=site_id, hours=12)] == ["today"]
+
+
+def test_the_ed_fingerprint_changes_with_each_arrival(
+    region: tuple[Runtime, int, int, int],
+) -> None:
+    rt, site_id, version_id, deployment_id = region
+
+    def fingerprint() -> str:
+        with rt.sessions() as db:
+            return recent_fingerprint(db, site_id=site_id, hours=12)
+
+    empty = fingerprint()
+    study = _study(rt, site_id, "arriving", age_minutes=5)
+    arrived = fingerprint()
+    _result(rt, version_id, deployment_id, study, "sure")
+    answered = fingerprint()
+    rita = principal(rt, "rita")
+    with rt.sessions() as db, db.begin():
+        (finding_id,) = db.scalars(select(Finding.id).where(Finding.study_fk == study))
+        review.decide(db, study_id=study, finding_id=finding_id, decision="agree", user=rita)
+        review.sign(db, study_id=study, user=rita, conclusion="positive")
+    signed = fingerprint()
+    assert len({empty, arrived, answered, signed}) == 4
+    assert fingerprint() == signed  # nothing new: the same

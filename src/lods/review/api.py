@@ -45,7 +45,7 @@ from lods.review.readmodel import (
     review_state,
 )
 from lods.review.service import Box, Code, ReviewError
-from lods.review.worklist import acute_worklist, recent_studies
+from lods.review.worklist import acute_worklist, recent_fingerprint, recent_studies
 from lods.sites.service import get_site_by_code
 
 router = APIRouter(prefix="/api/review", tags=["review"])
@@ -160,6 +160,24 @@ def ed_view(
         hours=hours,
         label=ED_LABEL,
         rows=[EdRowOut.of_entry(e, user) for e in entries],
+    )
+
+
+class EdChangesOut(BaseModel):
+    fingerprint: str
+
+
+@router.get("/ed/changes", response_model=EdChangesOut)
+def ed_changes(
+    db: SessionDep,
+    user: ReviewViewer,
+    site: Annotated[str, Query(max_length=32)] = "",
+    hours: Annotated[float, Query(gt=0, le=168)] = 12.0,
+) -> EdChangesOut:
+    """A fingerprint of the ED view that changes when a study, an AI answer or a report
+    arrives; no patient data (the ED page polls it and reloads when it changes)."""
+    return EdChangesOut(
+        fingerprint=recent_fingerprint(db, site_id=site_id_of(db, site), hours=hours)
     )
 
 

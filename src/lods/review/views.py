@@ -27,7 +27,7 @@ from lods.review.api import (
     audit_view,
 )
 from lods.review.readmodel import ADDED_CODES, ed_entries, review_state, waiting_parts
-from lods.review.worklist import acute_worklist, recent_studies
+from lods.review.worklist import acute_worklist, recent_fingerprint, recent_studies
 from lods.sites.models import Site
 from lods.sites.service import get_site_by_code, list_sites
 from lods.web.i18n import catalog, translate
@@ -126,6 +126,9 @@ def ed_page(
             "unknown_site": unknown,
             "hours": hours,
             "hour_choices": ED_HOURS if hours in ED_HOURS else (*ED_HOURS, hours),
+            "fingerprint": ""
+            if unknown
+            else recent_fingerprint(db, site_id=chosen.id if chosen else None, hours=hours),
             "pn": person_name,
             "waiting": lambda w: waiting_text(lang, w),
         },

@@ -184,3 +184,29 @@ def boxes_of(db: Session, result: StudyResult) -> list[Finding]:
             select(Finding).where(Finding.job_fk == result.job_fk).order_by(Finding.score.desc())
         )
     )
+
+
+def recent_fingerprint(
+    db: Session, *, site_id: int | None = None, hours: float = 12.0, now: datetime | None = None
+) -> str:
+    """A short text that changes whenever the ED view of the last `hours` would: a study
+    arrives, an AI result is stored, a report is saved or signed. It holds no patient
+    data, so the ED page can poll it cheaply (and without an audit event per poll)."""
+    now = now or utcnow()
+    recent = select(Study.id).where(Study.first_received_at >= now - timedelta(hours=hours))
+    if site_id is not None:
+        recent = recent.where(Study.site_id == site_id)
+    ids = recent.scalar_subquery()
+    studies = db.execute(
+        select(func.count(), func.max(Study.first_received_at)).where(Study.id.in_(ids))
+    ).one()
+    results = db.execute(
+        select(func.count(), func.max(StudyResult.id)).where(
+            StudyResult.study_fk.in_(ids), StudyResult.mode.in_(CLINICAL_MODES)
+        )
+    ).one()
+    reports = db.execute(
+        select(func.count(), func.max(Report.updated_at)).where(Report.study_fk.in_(ids))
+    ).one()
+    parts = [*studies, *results, *reports]
+    return "|".join("" if p is None else str(p) for p in parts)
