@@ -195,6 +195,29 @@ def deploy(
         typer.echo(f"{v.label} is {d.mode} at {found.code} (deployment #{d.id})")
 
 
+@app.command("export-unverified")
+def export_unverified(
+    ref: Annotated[str, typer.Argument(help="ID@VERSION")],
+    site: Annotated[str, typer.Option("--site", help="Code of the hospital")],
+    enabled: Annotated[
+        bool, typer.Option("--on/--off", help="Send UNVERIFIED SRs of AI answers, or stop")
+    ] = True,
+) -> None:
+    """Send an UNVERIFIED DICOM SR of each AI answer of a deployment to the site's PACS."""
+    with _transaction() as (db, _settings):
+        v = service.find_version(db, ref=ref)
+        found = get_site_by_code_or_raise(db, code=site)
+        targets = [d for d in service.deployments_of(db, version_id=v.id) if d.site_fk == found.id]
+        if not targets:
+            typer.echo(f"{v.label} is not deployed at {found.code}", err=True)
+            raise typer.Exit(code=1)
+        d = service.set_unverified_sr_export(
+            db, deployment_id=targets[0].id, enabled=enabled, actor=cli_actor()
+        )
+        state = "sends" if d.export_unverified_sr else "does not send"
+        typer.echo(f"{v.label} at {found.code} {state} UNVERIFIED SRs to the PACS")
+
+
 @app.command("suspend")
 def suspend(
     ref: Annotated[str, typer.Argument(help="ID@VERSION, or ID for every version")],

@@ -629,6 +629,30 @@ def active_deployments(db: Session, *, site_id: int, input_kind: str) -> list[De
     )
 
 
+def set_unverified_sr_export(
+    db: Session, *, deployment_id: int, enabled: bool, actor: str, source: str = ""
+) -> Deployment:
+    """Send (or stop sending) an UNVERIFIED DICOM SR of each AI answer of this deployment
+    to the site's PACS as soon as it is stored (IHE AI Results). The VERIFIED SR after a
+    radiologist's sign-off is sent either way; shadow output never leaves."""
+    deployment = db.get(Deployment, deployment_id)
+    if deployment is None:
+        raise SolutionNotFound(f"no deployment {deployment_id}")
+    before = deployment.export_unverified_sr
+    deployment.export_unverified_sr = enabled
+    deployment.changed_by, deployment.changed_at = actor, utcnow()
+    db.flush()
+    record(
+        db,
+        actor=actor,
+        action="solution.export_unverified_sr",
+        object_ref=f"deployment:{deployment.id}",
+        source=source,
+        detail={"before": before, "after": enabled},
+    )
+    return deployment
+
+
 def deployments_of(db: Session, *, version_id: int) -> list[Deployment]:
     return list(
         db.scalars(
