@@ -28,9 +28,7 @@ def test_the_flag_is_set_per_deployment_and_audited(cli_runtime: Runtime, tmp_pa
     with rt.sessions() as db, db.begin():
         create_site(db, code="HAV", name="Havnby", actor="test")
         create_site(db, code="SKO", name="Skovlund", actor="test")
-    _, deployment_id = install_approve_deploy(
-        rt, python_package(tmp_path / "pkg"), site="HAV"
-    )
+    _, deployment_id = install_approve_deploy(rt, python_package(tmp_path / "pkg"), site="HAV")
     with rt.sessions() as db:
         ref = f"{db.get(Deployment, deployment_id).version.solution_id}@1.0"  # type: ignore[union-attr]
     code, out, _ = solution("export-unverified", ref, "--site", "HAV", "--on")
