@@ -115,7 +115,11 @@ class ReaderView:
 
 
 def reader_view(db: Session, study_id: int, user: Principal) -> ReaderView:
-    exam = status(db, study_id)
+    return view_of(status(db, study_id), user)
+
+
+def view_of(exam: ExamStatus, user: Principal) -> ReaderView:
+    """What the strategy lets `user` see of `exam` (pure)."""
     own = [r for r in exam.reads if r.reader_fk == user.user_id]
     radiologist = Role.RADIOLOGIST in user.roles
     if exam.state is ExamState.AWAITING_CONSENSUS or exam.state is ExamState.DONE or own:
@@ -150,7 +154,7 @@ def record_read(
         raise ReviewError("you have already read this exam; a second read needs another reader")
     if exam.state not in (ExamState.AWAITING_FIRST, ExamState.AWAITING_SECOND):
         raise ReviewError(f"the exam is {exam.state.value}; no further independent read")
-    view = reader_view(db, study_id, user)
+    view = view_of(exam, user)
     db.add(
         ScreeningRead(
             study_fk=study_id,
@@ -216,6 +220,8 @@ class ScreeningRow:
     reads_done: int
     reads_needed: int
     outcome: str | None
+    #: What the strategy lets the listing reader see and do.
+    view: ReaderView
 
 
 def screening_worklist(
@@ -253,7 +259,7 @@ def screening_worklist(
         exam = status(db, study.id)
         if exam.state is ExamState.DONE and not include_done:
             continue
-        view = reader_view(db, study.id, user)
+        view = view_of(exam, user)
         rows.append(
             ScreeningRow(
                 study_id=study.id,
@@ -267,6 +273,7 @@ def screening_worklist(
                 reads_done=len(exam.reads),
                 reads_needed=exam.reads_needed,
                 outcome=exam.outcome,
+                view=view,
             )
         )
     return rows

@@ -147,14 +147,12 @@ def screening_page(
     request: Request, db: SessionDep, user: ListViewer, site: str = ""
 ) -> HTMLResponse:
     rows = _rows(db, user, site)
-    views = {r.study_id: screening.reader_view(db, r.study_id, user) for r in rows}
     lang = request_language(request)
     return render(
         request,
         "review/screening.html",
         {
             "rows": rows,
-            "views": views,
             "sites": list_sites(db),
             "site": site,
             "unknown_site": False,

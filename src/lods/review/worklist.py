@@ -17,7 +17,7 @@ from sqlalchemy import case, func, or_, select
 from sqlalchemy.orm import Session
 
 from lods.db import utcnow
-from lods.findings.models import Finding, StudyResult
+from lods.findings.models import StudyResult
 from lods.imaging.models import Patient, Study
 from lods.review.models import Report, ReportState
 from lods.review.service import CLINICAL_MODES, ClaimInfo, claims_for
@@ -175,15 +175,6 @@ def recent_studies(
         query = query.where(Study.site_id == site_id)
     records = [(s, p, u, st) for s, p, u, st in db.execute(query).all()]
     return _rows(db, records, now)
-
-
-def boxes_of(db: Session, result: StudyResult) -> list[Finding]:
-    """The findings of one result (to draw on the ED view)."""
-    return list(
-        db.scalars(
-            select(Finding).where(Finding.job_fk == result.job_fk).order_by(Finding.score.desc())
-        )
-    )
 
 
 def recent_fingerprint(
