@@ -114,6 +114,28 @@ class Settings(BaseSettings):
         description="host:port of an MLLP receiver (the EHR's interface engine) signed "
         "reports are sent to as HL7 v2 ORU^R01; unset: none sent",
     )
+    # Patient monitoring (vitals/, sensors/, alerts/).
+    hl7_port: int = Field(
+        2575, ge=0, le=65535, description="MLLP listener for HL7 v2 vitals and ADT (0: none)"
+    )
+    hl7_max_message_bytes: int = Field(
+        1_048_576, ge=1024, description="Largest HL7 message the listener accepts"
+    )
+    mqtt_host: str | None = Field(
+        None, description="MQTT broker of the room sensors, e.g. 127.0.0.1; unset: no MQTT"
+    )
+    mqtt_port: int = Field(1883, ge=1, le=65535)
+    mqtt_topic_prefix: str = Field(
+        "lods/sensors", description="Sensors publish to <prefix>/<site>/<ward>/<room>/<bed>"
+    )
+    notify_webhook_url: str | None = Field(
+        None,
+        description="URL of the hospital's nurse-call / phone system; every alert "
+        "notification, repeat and escalation is POSTed there as JSON; unset: none sent",
+    )
+    alert_tick_seconds: float = Field(
+        5.0, gt=0, description="How often repeats, escalations and overdue checks run"
+    )
 
     @field_validator("dicom_ae_title")
     @classmethod

@@ -1,10 +1,11 @@
 """Every ORM table, imported in one place for Alembic and `create_all` in tests."""
 
-from lods.alerts.models import Alert
+from lods.alerts.models import Alert, AlertEvent
 from lods.audit.models import AuditEvent, AuditHead, AuditPurgeWindow
 from lods.auth.models import ApiToken, User, UserSession
 from lods.db import Base
 from lods.exports.models import OutboxItem
+from lods.falls.models import FallIncident, FallRiskAssessment
 from lods.findings.models import Finding, StudyResult
 from lods.imaging.models import (
     Instance,
@@ -23,31 +24,50 @@ from lods.review.models import (
     StudyClaim,
 )
 from lods.routing.models import RouteDecision
-from lods.sites.models import Department, DicomNode, Site
+from lods.sensors.models import SensorEvent
+from lods.sites.models import Bed, Department, DicomNode, Site
 from lods.solutions.models import Deployment, SolutionVersion, VendorAnswer
 from lods.validation.models import ValidationReport
+from lods.vitals.models import (
+    BedStay,
+    EarlyWarningScore,
+    Encounter,
+    Hl7Message,
+    PatientOption,
+    VitalObservation,
+)
 
 __all__ = [
     "Alert",
+    "AlertEvent",
     "ApiToken",
     "AuditEvent",
     "AuditHead",
     "AuditPurgeWindow",
     "Base",
+    "Bed",
+    "BedStay",
     "Department",
     "Deployment",
     "DicomNode",
+    "EarlyWarningScore",
+    "Encounter",
+    "FallIncident",
+    "FallRiskAssessment",
     "Finding",
     "FindingDecision",
+    "Hl7Message",
     "Instance",
     "IntakeRejection",
     "Job",
     "OutboxItem",
     "Patient",
+    "PatientOption",
     "Report",
     "ReportRevision",
     "RouteDecision",
     "ScreeningRead",
+    "SensorEvent",
     "Series",
     "Site",
     "SolutionVersion",
@@ -59,4 +79,5 @@ __all__ = [
     "UserSession",
     "ValidationReport",
     "VendorAnswer",
+    "VitalObservation",
 ]

@@ -18,6 +18,9 @@ class Role(enum.StrEnum):
     AI_OWNER = "ai_owner"
     ADMIN = "admin"
     AUDITOR = "auditor"
+    #: An interface engine, device gateway or sensor hub posting data (FHIR Observations,
+    #: sensor webhooks) with an API token; it reads no patient data.
+    INTEGRATION = "integration"
 
 
 class User(Base):

@@ -88,18 +88,27 @@ def send(destination: str, payload: str, *, timeout: float) -> None:
     Returns when the server answered 2xx; raises TransientSendError or
     PermanentSendError (see the module text).
     """
-    parts = urlsplit(destination)
-    if parts.scheme not in ("http", "https") or not parts.netloc:
-        raise PermanentSendError(f"{destination!r} is not an http(s) FHIR base URL")
-    request = urllib.request.Request(  # noqa: S310 - the scheme is checked above
+    post(
         destination.rstrip("/"),
-        data=payload.encode("utf-8"),
-        method="POST",
+        payload,
+        timeout=timeout,
+        peer="FHIR server",
         headers={
             "Content-Type": f"{fr.FHIR_JSON}; charset=utf-8",
             "Accept": fr.FHIR_JSON,
             "Prefer": "return=minimal",
         },
+    )
+
+
+def post(url: str, payload: str, *, timeout: float, peer: str, headers: dict[str, str]) -> None:
+    """POST `payload` to an http(s) `url`; return on 2xx, else raise TransientSendError
+    (not reached, 5xx, 408/425/429) or PermanentSendError (other answers)."""
+    parts = urlsplit(url)
+    if parts.scheme not in ("http", "https") or not parts.netloc:
+        raise PermanentSendError(f"{url!r} is not an http(s) URL of a {peer}")
+    request = urllib.request.Request(  # noqa: S310 - the scheme is checked above
+        url, data=payload.encode("utf-8"), method="POST", headers=headers
     )
     try:
         with _OPENER.open(request, timeout=timeout) as response:
@@ -114,11 +123,11 @@ def send(destination: str, payload: str, *, timeout: float) -> None:
             body = b""
     except (urllib.error.URLError, TimeoutError, OSError, http.client.HTTPException) as exc:
         reason = getattr(exc, "reason", exc)
-        raise TransientSendError(f"FHIR server {destination} not reached: {reason}") from exc
+        raise TransientSendError(f"{peer} {url} not reached: {reason}") from exc
     if 200 <= status < 300:
         return
     detail = outcome_text(body) if body else ""
-    message = f"FHIR server {destination} answered {status}" + (f": {detail}" if detail else "")
+    message = f"{peer} {url} answered {status}" + (f": {detail}" if detail else "")
     if status >= 500 or status in TRANSIENT_CLIENT_ERRORS:
         raise TransientSendError(message)
     raise PermanentSendError(message)

@@ -17,6 +17,8 @@ Registered here:
   `lods.exports.dicom`.
 - ``fhir`` — slot for `lods.exports.fhir_push.send(destination, payload, *, timeout)`
   (destination: a FHIR base URL; payload: JSON text).
+- ``webhook`` — slot for `lods.exports.webhook.send(destination, payload, *, timeout)`
+  (destination: the nurse-call / phone system's URL; payload: an alert notification, JSON).
 - ``hl7`` — slot for `lods.exports.hl7.send(destination, payload, *, timeout)`
   (destination: host:port of an MLLP listener; payload: an HL7 v2 message).
 
@@ -98,6 +100,15 @@ def send_hl7(message: Message, context: SendContext) -> None:
     send(message.destination, _inline_text(message), timeout=context.timeout)
 
 
+# --- slot: alert notifications (filled by lods.exports.webhook) ------------------------------
+
+
+def send_webhook(message: Message, context: SendContext) -> None:
+    """POST an alert notification (JSON) to the hospital's nurse-call / phone system."""
+    send = _text_sender("lods.exports.webhook")
+    send(message.destination, _inline_text(message), timeout=context.timeout)
+
+
 # --- DICOM --------------------------------------------------------------------------------------
 
 
@@ -117,6 +128,7 @@ TRANSPORTS: dict[str, Transport] = {
     "dicom": send_dicom,
     "fhir": send_fhir,
     "hl7": send_hl7,
+    "webhook": send_webhook,
 }
 
 

@@ -29,7 +29,7 @@ from lods.sites.schemas import (
 router = APIRouter(prefix="/api/sites", tags=["sites"])
 
 #: Everyone but the auditor works at a site and may pick one in a filter.
-SITE_READERS = frozenset(Role) - {Role.AUDITOR}
+SITE_READERS = frozenset(Role) - {Role.AUDITOR, Role.INTEGRATION}
 SiteReader = Annotated[Principal, Depends(role_dependency(*SITE_READERS))]
 
 

@@ -1,4 +1,4 @@
-"""Hospitals (sites), their departments, and the DICOM nodes that belong to them."""
+"""Hospitals (sites), their departments and wards, the wards' beds, and the DICOM nodes."""
 
 from __future__ import annotations
 
@@ -42,6 +42,24 @@ class Department(Base):
     kind: Mapped[str] = mapped_column(String(32), default="other")
 
     site: Mapped[Site] = relationship(back_populates="departments")
+    beds: Mapped[list[Bed]] = relationship(back_populates="ward", order_by="Bed.code")
+
+
+class Bed(Base):
+    """A bed of a ward: where monitors, room sensors and ADT (PV1-3 ward^room^bed) meet."""
+
+    __tablename__ = "beds"
+    __table_args__ = (UniqueConstraint("ward_id", "code"),)
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    ward_id: Mapped[int] = mapped_column(ForeignKey("departments.id"), index=True)
+    #: The bed's code as monitors and ADT send it (PV1-3.3), e.g. "12" or "12A".
+    code: Mapped[str] = mapped_column(String(32))
+    #: The room (PV1-3.2; room sensors report it), e.g. "R3".
+    room: Mapped[str] = mapped_column(String(32), default="")
+    is_active: Mapped[bool] = mapped_column(Boolean, default=True)
+
+    ward: Mapped[Department] = relationship(back_populates="beds")
 
 
 class DicomNode(Base):

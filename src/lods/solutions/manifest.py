@@ -157,6 +157,9 @@ class IntendedUse(_Strict):
     #: Largest acceptable pixel spacing (coarser images are out of use), in mm.
     max_pixel_spacing_mm: float | None = Field(default=None, gt=0)
     exclusions: list[Exclusion] = []
+    #: Patient facts a clinician records (vitals / sensor-events solutions) that rule a
+    #: patient out, e.g. ["pregnant"] for NEWS2.
+    excluded_patient_flags: list[str] = []
     #: Known limits, in plain words (shown beside results).
     limitations: list[str] = []
 
@@ -182,6 +185,8 @@ class IntendedUse(_Strict):
             raise ValueError(
                 f"imaging criteria make no sense for input_kind {self.input_kind.value}"
             )
+        if self.input_kind is InputKind.DICOM_STUDY and self.excluded_patient_flags:
+            raise ValueError("excluded_patient_flags apply to vitals and sensor-events input")
         if self.input_kind is InputKind.DICOM_STUDY and not self.modalities:
             raise ValueError("a dicom-study solution must list its modalities")
         return self
