@@ -70,6 +70,7 @@ def make_settings(data_dir: Path, database_url: str, **overrides: object) -> Set
         "stable_seconds": 1.0,
         "dicom_port": free_port(),
         "http_port": free_port(),
+        "hl7_port": free_port(),
     }
     values.update(overrides)
     return Settings(**values)  # type: ignore[arg-type]
@@ -127,6 +128,7 @@ class LiveServer:
     database_url: str
     http_port: int = field(default_factory=free_port)
     dicom_port: int = field(default_factory=free_port)
+    hl7_port: int = field(default_factory=free_port)
     ae_title: str = "LODS"
     extra_env: dict[str, str] = field(default_factory=dict)
     proc: subprocess.Popen[bytes] | None = None
@@ -144,6 +146,7 @@ class LiveServer:
                 "LODS_DATABASE_URL": self.database_url,
                 "LODS_HTTP_PORT": str(self.http_port),
                 "LODS_DICOM_PORT": str(self.dicom_port),
+                "LODS_HL7_PORT": str(self.hl7_port),
                 "LODS_DICOM_AE_TITLE": self.ae_title,
                 "LODS_STABLE_SECONDS": "1",
                 "LODS_SECRET_KEY": "test-secret-key-not-for-production",

@@ -1,4 +1,5 @@
-"""Hospitals, their departments and DICOM nodes: create, list, and map a calling AE to a site.
+"""Hospitals, their departments (wards) and beds, and DICOM nodes: create, list, look up,
+and map a calling AE to a site.
 
 Every change is audited in the caller's transaction. A DICOM node is never deleted:
 removing it deactivates it, so the trail of which AE title belonged to which hospital
@@ -15,7 +16,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from lods.audit.service import record
-from lods.sites.models import UNASSIGNED_SITE_CODE, Department, DicomNode, Site
+from lods.sites.models import UNASSIGNED_SITE_CODE, Bed, Department, DicomNode, Site
 
 NodeKind = Literal["modality", "pacs"]
 DepartmentKind = Literal[
@@ -208,6 +209,80 @@ def add_department(
         detail={"site": site.code, "code": code, "name": name, "kind": kind},
     )
     return dept
+
+
+# --- wards and beds ------------------------------------------------------------------------
+
+#: Department kinds whose beds are monitored (vitals, room sensors, ward board).
+BED_KINDS = frozenset({"ward", "icu", "emergency"})
+
+
+def find_ward(db: Session, *, ward_code: str, site_code: str | None = None) -> Department | None:
+    """The ward with this code (HL7 PV1-3.1, the sensor topic's ward): at `site_code`'s
+    site when given, else the only bed-holding department with that code anywhere."""
+    query = select(Department).where(
+        Department.code == ward_code, Department.kind.in_(sorted(BED_KINDS))
+    )
+    if site_code:
+        query = query.join(Site, Site.id == Department.site_id).where(Site.code == site_code)
+    found = list(db.scalars(query.limit(2)))
+    return found[0] if len(found) == 1 else None
+
+
+def find_bed(
+    db: Session, *, ward_code: str, bed_code: str, site_code: str | None = None
+) -> Bed | None:
+    """The active bed `bed_code` of ward `ward_code` (see `find_ward`), or None."""
+    ward = find_ward(db, ward_code=ward_code, site_code=site_code)
+    if ward is None:
+        return None
+    return db.scalar(
+        select(Bed).where(Bed.ward_id == ward.id, Bed.code == bed_code, Bed.is_active.is_(True))
+    )
+
+
+def list_beds(db: Session, *, ward_id: int) -> list[Bed]:
+    """The ward's active beds, by room and code."""
+    return list(
+        db.scalars(
+            select(Bed)
+            .where(Bed.ward_id == ward_id, Bed.is_active.is_(True))
+            .order_by(Bed.room, Bed.code)
+        )
+    )
+
+
+def add_bed(
+    db: Session, *, ward_id: int, code: str, room: str = "", actor: str, source: str = ""
+) -> Bed:
+    """A new bed of a ward (a department of kind ward, icu or emergency); audited. Adding a
+    removed bed's code again re-activates it."""
+    ward = db.get(Department, ward_id)
+    if ward is None:
+        raise NotFoundError(f"no ward {ward_id}")
+    if ward.kind not in BED_KINDS:
+        raise ValueError(f"department {ward.code!r} is a {ward.kind} department, not a ward")
+    _check_code(code, "bed")
+    if room:
+        _check_code(room, "room")
+    bed = db.scalar(select(Bed).where(Bed.ward_id == ward_id, Bed.code == code))
+    if bed is not None and bed.is_active:
+        raise ConflictError(f"ward {ward.code!r} already has a bed {code!r}")
+    if bed is None:
+        bed = Bed(ward_id=ward_id, code=code, room=room)
+        db.add(bed)
+    else:
+        bed.is_active, bed.room = True, room
+    db.flush()
+    record(
+        db,
+        actor=actor,
+        action="bed.create",
+        object_ref=f"bed:{ward.code}/{code}",
+        source=source,
+        detail={"ward": ward.code, "code": code, "room": room},
+    )
+    return bed
 
 
 # --- DICOM nodes ---------------------------------------------------------------------------
