@@ -27,6 +27,7 @@ bench: venv system-deps
 	$(PY) bench/ingest.py
 	$(PY) bench/jobs.py
 	$(PY) bench/pipeline.py
+	$(PY) bench/vitals.py
 
 lint: venv
 	$(VENV)/bin/ruff check src tests bench reference_solutions

@@ -23,6 +23,8 @@ from lods.auth import views as auth_views
 from lods.auth.deps import CurrentUser, Forbidden, NotAuthenticated
 from lods.exports import api as exports_api
 from lods.exports import views as exports_views
+from lods.falls import api as falls_api
+from lods.falls import views as falls_views
 from lods.fhir import api as fhir_api
 from lods.findings import api as findings_api
 from lods.imaging import api as imaging_api
@@ -30,16 +32,21 @@ from lods.imaging import dicomweb
 from lods.imaging import views as imaging_views
 from lods.jobs import api as jobs_api
 from lods.jobs import views as jobs_views
+from lods.monitoring import api as monitoring_api
+from lods.monitoring import views as monitoring_views
 from lods.review import api as review_api
 from lods.review import screening_views
 from lods.review import views as review_views
 from lods.runtime import Runtime
+from lods.sensors import api as sensors_api
 from lods.sites import api as sites_api
 from lods.sites import views as sites_views
 from lods.solutions import api as solutions_api
 from lods.solutions import views as solutions_views
 from lods.validation import api as validation_api
 from lods.validation import views as validation_views
+from lods.vitals import api as vitals_api
+from lods.vitals import fhir_intake, fhir_scores
 from lods.web.templating import STATIC_DIR
 
 #: Every router of the app, in one explicit list.
@@ -67,7 +74,17 @@ ROUTERS = [
     review_api.router,
     screening_views.router,
     screening_views.api_router,
+    # Before fhir_api: its /fhir/Observation/{id} and catch-all would answer ews-<id>.
+    fhir_scores.router,
+    # Before fhir_api too: its catch-all answers every POST under /fhir with 405.
+    fhir_intake.router,
     fhir_api.router,
+    vitals_api.router,
+    sensors_api.router,
+    falls_api.router,
+    falls_views.router,
+    monitoring_views.router,
+    monitoring_api.router,
 ]
 
 _MACHINE_PREFIXES = ("/api", "/dicom-web", "/fhir")

@@ -1,5 +1,6 @@
 """`lods serve`: the HTTP app, the DICOM SCP, the stable-study watcher, the router, the
-job worker processes and the outbox sender, started and stopped together."""
+job worker processes, the outbox sender, the HL7 MLLP listener (vital signs and ADT), the
+room-sensor MQTT client and the alert ticker, started and stopped together."""
 
 from __future__ import annotations
 
@@ -25,10 +26,14 @@ log = logging.getLogger(__name__)
 
 @contextmanager
 def background_services(runtime: Runtime) -> Iterator[DicomServer]:
-    """Run the DICOM node, the stable-study watcher, the router, the job workers and the
-    outbox sender for the duration of the block (workers: `LODS_WORKERS` processes; 0 runs
-    none)."""
+    """Run the DICOM node, the stable-study watcher, the router, the job workers, the
+    outbox sender, the HL7 MLLP listener, the sensor MQTT client and the alert ticker for
+    the duration of the block (workers: `LODS_WORKERS` processes; 0 runs none; the
+    listener runs unless `LODS_HL7_PORT` is 0; the MQTT client when `LODS_MQTT_HOST` is set)."""
+    from lods.alerts.ticker import AlertTicker
+    from lods.sensors.mqtt import MqttSensorClient
     from lods.solutions.execute import HANDLERS_PATH
+    from lods.vitals.mllp import Hl7Listener
 
     dicom = DicomServer(runtime)
     watcher = StableStudyWatcher(runtime)
@@ -36,14 +41,28 @@ def background_services(runtime: Runtime) -> Iterator[DicomServer]:
     executor = EmbeddedExecutor(runtime.settings, HANDLERS_PATH)
     # Results out: delivers the outbox (SR/SC to PACS, FHIR, HL7) with retries.
     sender = ExportSender(runtime)
+    # Vital signs and ADT in: ACKs only what is committed.
+    hl7_listener = Hl7Listener(runtime) if runtime.settings.hl7_port != 0 else None
+    # Room-sensor events in (does nothing without LODS_MQTT_HOST).
+    sensors = MqttSensorClient(runtime)
+    # Repeats and escalations of unacknowledged alarms; overdue observation reminders.
+    ticker = AlertTicker(runtime)
     dicom.start()
     watcher.start()
     router.start()
     executor.start()
     sender.start()
+    if hl7_listener is not None:
+        hl7_listener.start()
+    sensors.start()
+    ticker.start()
     try:
         yield dicom
     finally:
+        ticker.stop()
+        sensors.stop()
+        if hl7_listener is not None:
+            hl7_listener.stop()
         sender.stop()
         executor.stop()
         router.stop()

@@ -1,4 +1,4 @@
-"""`lods site ...`: hospitals, departments and DICOM nodes, from a shell.
+"""`lods site ...`: hospitals, departments, wards' beds and DICOM nodes, from a shell.
 
 Every change is audited with actor `cli:<operating-system user>`; errors go to stderr
 with exit status 1.
@@ -18,7 +18,7 @@ from lods.config import get_settings
 from lods.runtime import Runtime
 from lods.sites import service
 
-app = typer.Typer(help="Hospitals, departments and DICOM nodes.", no_args_is_help=True)
+app = typer.Typer(help="Hospitals, departments, beds and DICOM nodes.", no_args_is_help=True)
 department_app = typer.Typer(help="Departments and wards of a hospital.", no_args_is_help=True)
 node_app = typer.Typer(
     help="DICOM nodes (AE titles) and the site they send for.", no_args_is_help=True
@@ -83,6 +83,39 @@ def department_add(
             db, site_id=found.id, code=code, name=name, kind=kind, actor=cli_actor()
         )
         typer.echo(f"added department {found.code}/{dept.code}: {dept.name} ({dept.kind})")
+
+
+@app.command("add-bed")
+def bed_add(
+    site: Annotated[str, typer.Option("--site", help="Code of the hospital")],
+    ward: Annotated[
+        str, typer.Option("--ward", help="Code of the ward (kind ward, icu or emergency)")
+    ],
+    bed: Annotated[str, typer.Option("--bed", help="The bed's code as monitors and ADT send it")],
+    room: Annotated[str, typer.Option("--room", help="The room, as room sensors report it")] = "",
+) -> None:
+    """Add a bed to a ward (adding a removed bed's code again brings it back)."""
+    with _transaction() as db:
+        found = service.get_site_by_code_or_raise(db, code=site)
+        dept = service.get_department(db, site_id=found.id, code=ward)
+        made = service.add_bed(db, ward_id=dept.id, code=bed, room=room, actor=cli_actor())
+        typer.echo(f"added bed {found.code}/{dept.code}/{made.code} (room {made.room or '-'})")
+
+
+@app.command("beds")
+def bed_list(
+    site: Annotated[str, typer.Option("--site", help="Code of the hospital")],
+    ward: Annotated[str, typer.Option("--ward", help="Code of the ward")],
+) -> None:
+    """List a ward's beds: room and bed code, by room."""
+    with _transaction() as db:
+        found = service.get_site_by_code_or_raise(db, code=site)
+        dept = service.get_department(db, site_id=found.id, code=ward)
+        beds = service.list_beds(db, ward_id=dept.id)
+        if not beds:
+            typer.echo("no beds", err=True)
+        for bed in beds:
+            typer.echo(f"{bed.room or '-'}\t{bed.code}")
 
 
 @department_app.command("list")

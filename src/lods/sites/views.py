@@ -1,4 +1,4 @@
-"""Web pages for administrators: hospitals, their departments and DICOM nodes."""
+"""Web pages for administrators: hospitals, their departments, wards' beds and DICOM nodes."""
 
 from __future__ import annotations
 
@@ -16,15 +16,22 @@ from lods.web.templating import render
 
 router = APIRouter(include_in_schema=False)
 
-NOTICES = frozenset({"site_created", "department_added", "node_added", "node_removed"})
+NOTICES = frozenset({"site_created", "department_added", "bed_added", "node_added", "node_removed"})
 
 
 def _page(request: Request, db: Session, *, status_code: int = 200, **context: Any) -> HTMLResponse:
     sites = service.list_sites(db)
+    departments = {s.id: service.list_departments(db, site_id=s.id) for s in sites}
     page: dict[str, Any] = {
         "sites": sites,
         "nodes": {s.id: service.list_nodes(db, site_id=s.id, include_inactive=True) for s in sites},
-        "departments": {s.id: service.list_departments(db, site_id=s.id) for s in sites},
+        "departments": departments,
+        "beds": {
+            d.id: service.list_beds(db, ward_id=d.id)
+            for depts in departments.values()
+            for d in depts
+            if d.kind in service.BED_KINDS
+        },
         "node_kinds": sorted(service.NODE_KINDS),
         "department_kinds": sorted(service.DEPARTMENT_KINDS),
         "form": {},
@@ -107,6 +114,34 @@ def add_department(
     except (service.SiteError, ValueError) as exc:
         return _error(request, db, exc, {"site": code, "dept_code": dept_code, "name": name})
     return _done("department_added", f"site-{code}")
+
+
+@router.post("/admin/sites/{code}/departments/{dept_code}/beds", response_model=None)
+def add_bed(
+    request: Request,
+    code: str,
+    dept_code: str,
+    db: SessionDep,
+    admin: AdminUser,
+    _csrf: CsrfProtected,
+    bed_code: Annotated[str, Form(max_length=32)],
+    room: Annotated[str, Form(max_length=32)] = "",
+) -> Response:
+    """Add a bed to a ward (monitors, room sensors and ADT name it) and go back."""
+    try:
+        site = service.get_site_by_code_or_raise(db, code=code)
+        ward = service.get_department(db, site_id=site.id, code=dept_code)
+        service.add_bed(
+            db,
+            ward_id=ward.id,
+            code=bed_code.strip(),
+            room=room.strip(),
+            actor=admin.username,
+            source=admin.source,
+        )
+    except (service.SiteError, ValueError) as exc:
+        return _error(request, db, exc, {"site": code, "bed_code": bed_code, "room": room})
+    return _done("bed_added", f"ward-{code}-{dept_code}")
 
 
 def _port(value: str) -> int | None:

@@ -109,11 +109,17 @@ def _exec_module(name: str, path: Path) -> ModuleType:
         raise ImportError(f"no loader for {path.name}")
     module = importlib.util.module_from_spec(spec)
     sys.modules[name] = module
+    # No __pycache__ inside the installed package: a .pyc there is a file the manifest does
+    # not list, and the next load's integrity check would suspend the deployment. (Callers
+    # hold `_load_lock`, so the flag is not raced by another loader of ours.)
+    previous, sys.dont_write_bytecode = sys.dont_write_bytecode, True
     try:
         spec.loader.exec_module(module)
     except BaseException:
         del sys.modules[name]
         raise
+    finally:
+        sys.dont_write_bytecode = previous
     return module
 
 

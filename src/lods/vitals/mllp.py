@@ -1,0 +1,308 @@
+"""The HL7 v2 MLLP listener: bedside monitors' ORU^R01 and the hospital's ADT in, ACKs out.
+
+Two threads. An asyncio server (its own event loop) accepts any number of connections,
+cuts each byte stream into messages (`hl7in.MllpFramer`: garbage before a start block is
+skipped, a message waits for its end block, one closed mid-message is dropped unanswered
+— the sender sends it again — and an oversize one is answered AR once it ends) and reads
+them (`hl7in.read`). One writer thread stores them with group commit: it takes what is
+queued (up to `BATCH_SIZE` messages, waiting at most `BATCH_WAIT` seconds for more while
+some connection has not yet sent one), handles the batch in one transaction
+(`service.intake_hl7`) and only after the commit releases the ACKs, in order per
+connection. So an ACK always means the message (its `hl7_messages` row, observations and
+scores) is on disk, and one commit (one fsync) serves many messages. A sender that waits
+for each ACK has one message in a batch, so the rate grows with the number of
+connections (or with senders that pipeline several messages before reading the ACKs).
+
+A batch whose transaction fails is retried message by message, so one message that
+breaks the database does not take the others with it; a message that still fails is
+answered AE. The listener never stops on bad input: every complete message is answered.
+A connection whose answers lag far behind (the writer is slower than it sends) stops
+being read until the writer catches up.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import queue
+import threading
+import time
+from dataclasses import dataclass
+from typing import Any
+
+from lods.runtime import Runtime
+from lods.vitals import hl7in
+from lods.vitals.service import Answer, Inbound, intake_hl7
+
+log = logging.getLogger(__name__)
+
+#: Most messages handled in one transaction.
+BATCH_SIZE = 200
+#: Longest the writer waits for more messages to join a batch (seconds).
+BATCH_WAIT = 0.005
+#: A connection with this many unanswered messages is not read until it is down to
+#: `RESUME_AT`.
+PAUSE_AT = 2000
+RESUME_AT = 200
+#: Answer to a message that could not be stored, even alone.
+NOT_STORED = Answer("AE", "not stored (internal error); send it again", hl7in.ERR_INTERNAL)
+
+
+class _Connection(asyncio.Protocol):
+    def __init__(self, listener: Hl7Listener) -> None:
+        self.listener = listener
+        self.framer = hl7in.MllpFramer(listener.max_bytes)
+        self.transport: asyncio.Transport | None = None
+        self.peer = ""
+        self.outstanding = 0
+        self.paused = False
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.Transport)
+        self.transport = transport
+        peer = transport.get_extra_info("peername")
+        self.peer = f"{peer[0]}:{peer[1]}" if isinstance(peer, tuple) else str(peer or "")
+        self.listener._connections.add(self)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.listener._connections.discard(self)
+        self.transport = None
+
+    def data_received(self, data: bytes) -> None:
+        try:
+            frames = self.framer.feed(data)
+        except Exception:  # the framer does not raise; never let a bug end the server
+            log.exception("MLLP framing failed; dropping the connection's buffer")
+            self.framer = hl7in.MllpFramer(self.listener.max_bytes)
+            return
+        for frame in frames:
+            self.listener._submit(self, frame)
+        if self.outstanding >= PAUSE_AT and self.transport is not None and not self.paused:
+            self.transport.pause_reading()
+            self.paused = True
+
+    def answered(self, ack: bytes) -> None:
+        self.outstanding -= 1
+        if self.transport is None or self.transport.is_closing():
+            return
+        self.transport.write(ack)
+        if self.paused and self.outstanding <= RESUME_AT:
+            self.transport.resume_reading()
+            self.paused = False
+
+
+@dataclass
+class _Job:
+    inbound: Inbound
+    connection: _Connection
+
+
+_STOP = object()
+
+
+class Hl7Listener:
+    """MLLP on `settings.host`:`settings.hl7_port` (0: a free port, see `.port`), started
+    and stopped with `lods serve`."""
+
+    def __init__(
+        self, runtime: Runtime, *, batch_size: int = BATCH_SIZE, batch_wait: float = BATCH_WAIT
+    ) -> None:
+        self.runtime = runtime
+        self.settings = runtime.settings
+        self.max_bytes = runtime.settings.hl7_max_message_bytes
+        self.batch_size = batch_size
+        self.batch_wait = batch_wait
+        self._connections: set[_Connection] = set()
+        self._queue: queue.Queue[Any] = queue.Queue()
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._server: asyncio.Server | None = None
+        self._loop_thread: threading.Thread | None = None
+        self._writer_thread: threading.Thread | None = None
+        self._ready = threading.Event()
+        self._error: BaseException | None = None
+        self._port = 0
+        #: Messages answered since start, by MSA-1 (for the log and tests).
+        self.answered: dict[str, int] = {"AA": 0, "AE": 0, "AR": 0}
+
+    @property
+    def port(self) -> int:
+        """The port listened on (the one picked when the settings say 0)."""
+        return self._port
+
+    # --- lifecycle ----------------------------------------------------------------------------
+
+    def start(self) -> None:
+        """Bind and serve in background threads; raises if the port cannot be bound."""
+        if self._loop_thread is not None:
+            return
+        self._writer_thread = threading.Thread(target=self._write, name="hl7-writer", daemon=True)
+        self._writer_thread.start()
+        self._loop_thread = threading.Thread(target=self._serve, name="hl7-mllp", daemon=True)
+        self._loop_thread.start()
+        self._ready.wait(30)
+        if self._error is not None:
+            error, self._error = self._error, None
+            self._queue.put(_STOP)
+            self._writer_thread.join(10)
+            self._loop_thread.join(10)
+            self._loop_thread = self._writer_thread = None
+            raise error
+        log.info("HL7 MLLP listener on %s:%d", self.settings.host, self._port)
+
+    def stop(self) -> None:
+        """Stop accepting, close the connections, store what is queued, end the threads."""
+        loop, thread = self._loop, self._loop_thread
+        if thread is None or loop is None:
+            return
+        with contextlib.suppress(Exception):
+            asyncio.run_coroutine_threadsafe(self._close(), loop).result(10)
+        self._queue.put(_STOP)
+        if self._writer_thread is not None:
+            self._writer_thread.join(30)
+        with contextlib.suppress(RuntimeError):
+            loop.call_soon_threadsafe(loop.stop)
+        thread.join(10)
+        self._loop_thread = self._writer_thread = None
+        self._loop = None
+
+    def _serve(self) -> None:
+        loop = asyncio.new_event_loop()
+        self._loop = loop
+        asyncio.set_event_loop(loop)
+        try:
+            self._server = loop.run_until_complete(
+                loop.create_server(
+                    lambda: _Connection(self),
+                    host=self.settings.host,
+                    port=self.settings.hl7_port,
+                    reuse_address=True,
+                )
+            )
+            sockets = self._server.sockets
+            self._port = int(sockets[0].getsockname()[1]) if sockets else 0
+        except BaseException as exc:  # reported to start()
+            self._error = exc
+            self._ready.set()
+            loop.close()
+            return
+        self._ready.set()
+        try:
+            loop.run_forever()
+        finally:
+            with contextlib.suppress(Exception):
+                loop.run_until_complete(loop.shutdown_asyncgens())
+            loop.close()
+
+    async def _close(self) -> None:
+        if self._server is not None:
+            self._server.close()
+        for conn in list(self._connections):
+            if conn.transport is not None:
+                conn.transport.close()
+        if self._server is not None:
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(self._server.wait_closed(), 5)
+
+    # --- in (event loop thread) ---------------------------------------------------------------
+
+    def _submit(self, conn: _Connection, frame: hl7in.Frame) -> None:
+        try:
+            if frame.oversize:
+                message: hl7in.ParsedMessage | hl7in.Rejected = hl7in.oversize(
+                    frame.data, frame.size, self.max_bytes
+                )
+            else:
+                message = hl7in.read(hl7in.decode(frame.data))
+        except Exception as exc:  # read() does not raise; belt and braces
+            log.exception("reading an HL7 message failed")
+            raw = hl7in.decode(frame.data[: hl7in.OVERSIZE_HEAD_BYTES])
+            message = hl7in.Rejected(
+                raw, hl7in.peek_header(raw), f"cannot read ({exc!r})", hl7in.ERR_INTERNAL
+            )
+        conn.outstanding += 1
+        self._queue.put(_Job(Inbound(message, conn.peer), conn))
+
+    # --- the writer thread --------------------------------------------------------------------
+
+    def _collect(self, first: _Job) -> tuple[list[_Job], bool]:
+        """`first` and what joins it: up to `batch_size` jobs, waiting up to `batch_wait`
+        while some open connection has no message in the batch yet."""
+        batch = [first]
+        senders = {id(first.connection)}
+        deadline = time.monotonic() + self.batch_wait
+        while len(batch) < self.batch_size:
+            try:
+                item = self._queue.get_nowait()
+            except queue.Empty:
+                left = deadline - time.monotonic()
+                if left <= 0 or len(senders) >= len(self._connections):
+                    break
+                try:
+                    item = self._queue.get(timeout=left)
+                except queue.Empty:
+                    break
+            if item is _STOP:
+                return batch, True
+            batch.append(item)
+            senders.add(id(item.connection))
+        return batch, False
+
+    def _write(self) -> None:
+        stopping = False
+        while not stopping:
+            item = self._queue.get()
+            if item is _STOP:
+                break
+            batch, stopping = self._collect(item)
+            try:
+                answers = self._store(batch)
+            except Exception:  # never let the writer die
+                log.exception("HL7 batch failed")
+                answers = [NOT_STORED] * len(batch)
+            try:
+                self._reply(batch, answers)
+            except Exception:
+                log.exception("answering an HL7 batch failed")
+
+    def _store(self, batch: list[_Job]) -> list[Answer]:
+        inbound = [job.inbound for job in batch]
+        try:
+            with self.runtime.sessions() as db, db.begin():
+                return intake_hl7(db, inbound, settings=self.settings)
+        except Exception:
+            if len(batch) == 1:
+                log.exception("HL7 message %s not stored", inbound[0].message.header.control_id)
+                return [NOT_STORED]
+            log.warning("HL7 batch of %d failed; storing one by one", len(batch), exc_info=True)
+        answers: list[Answer] = []
+        for item in inbound:
+            try:
+                with self.runtime.sessions() as db, db.begin():
+                    answers.append(intake_hl7(db, [item], settings=self.settings)[0])
+            except Exception:
+                log.exception("HL7 message %s not stored", item.message.header.control_id)
+                answers.append(NOT_STORED)
+        return answers
+
+    def _reply(self, batch: list[_Job], answers: list[Answer]) -> None:
+        out: list[tuple[_Connection, bytes]] = []
+        for job, answer in zip(batch, answers, strict=True):
+            self.answered[answer.code] = self.answered.get(answer.code, 0) + 1
+            ack = hl7in.build_ack(
+                job.inbound.message.header,
+                answer.code,
+                answer.text,
+                error_code=answer.error_code,
+            )
+            out.append((job.connection, hl7in.frame(ack)))
+        loop = self._loop
+        if loop is None:
+            return
+        with contextlib.suppress(RuntimeError):  # the loop has closed: nobody to answer
+            loop.call_soon_threadsafe(_deliver, out)
+
+
+def _deliver(out: list[tuple[_Connection, bytes]]) -> None:
+    for conn, ack in out:
+        conn.answered(ack)
