@@ -9,6 +9,7 @@ import subprocess
 import sys
 import threading
 import time
+import uuid
 from collections.abc import Iterator
 from datetime import datetime
 from pathlib import Path
@@ -25,7 +26,7 @@ from lods.demo.region import HOSPITALS, create_accounts, create_hospitals
 from lods.demo.sender import SendError, plan_studies, send_planned, send_study
 from lods.imaging.models import Instance, Study
 from lods.runtime import Runtime
-from lods.sites.models import Department, DicomNode, Site
+from lods.sites.models import Bed, Department, DicomNode, Site
 from support import LiveServer, free_port, make_settings
 
 SMALL = 512  # image size for tests; the demo itself sends 1024² to 2048²
@@ -42,8 +43,11 @@ def test_create_hospitals_adds_sites_departments_and_nodes(sqlite_runtime: Runti
         sites = {s.code: s for s in db.scalars(select(Site))}
         assert set(sites) == {h.code for h in HOSPITALS}
         kinds = {(d.site_id, d.kind) for d in db.scalars(select(Department))}
-        wanted = ("radiology", "emergency", "screening")
+        wanted = ("radiology", "emergency", "screening", "ward")
         assert kinds == {(s.id, k) for s in sites.values() for k in wanted}
+        beds = db.scalars(select(Bed)).all()
+        assert len(beds) == 12 * len(HOSPITALS)
+        assert {(b.code, b.room) for b in beds} >= {("1", "R1"), ("2", "R1"), ("12", "R6")}
         nodes = {n.ae_title: n for n in db.scalars(select(DicomNode))}
         for h in HOSPITALS:
             assert nodes[h.modality_ae].kind == "modality"
@@ -66,7 +70,9 @@ def test_create_hospitals_adds_nothing_when_run_again(sqlite_runtime: Runtime) -
 def test_create_accounts_gives_every_role_a_working_password(sqlite_runtime: Runtime) -> None:
     with sqlite_runtime.sessions() as db, db.begin():
         accounts = create_accounts(db)
-    assert {a.role for a in accounts} == set(Role)
+    # Every role a person holds; the integration role is for machines (the demo's sensor
+    # hub gets an API token, not a login, when it needs one).
+    assert {a.role for a in accounts} == set(Role) - {Role.INTEGRATION}
     assert len({a.password for a in accounts}) == len(accounts)
     with sqlite_runtime.sessions() as db, db.begin():
         for a in accounts:
@@ -215,6 +221,9 @@ def demo_process(tmp_path: Path) -> Iterator[tuple[subprocess.Popen[str], Path, 
         LODS_DATA_DIR=str(data_dir),
         LODS_HTTP_PORT=str(http_port),
         LODS_DICOM_PORT=str(free_port()),
+        LODS_HL7_PORT=str(free_port()),
+        # Its own MQTT topics (and broker session) on the machine's Mosquitto.
+        LODS_MQTT_TOPIC_PREFIX=f"lods-test/{uuid.uuid4().hex}",
         PYTHONUNBUFFERED="1",
         TCP_NODELAY="1",
     )
@@ -276,6 +285,7 @@ def test_lods_demo_serves_and_receives_its_studies_over_dicom(
     assert exams >= 3 and mammograms == 4 * exams
     assert "refused" not in output
     assert "Lods Fracture AI (demonstration) 1.1.0 live at HAVNBY, SKOVLUND, AABAKKE" in output
+    assert f"http://127.0.0.1:{http_port}/wards" in output
     assert "(via DICOM)" in output
 
     engine = create_engine(f"sqlite:///{data_dir / 'lods.sqlite3'}")
@@ -311,8 +321,17 @@ def test_lods_demo_serves_and_receives_its_studies_over_dicom(
     with engine.connect() as conn:
         assert conn.scalar(text("SELECT count(*) FROM sites WHERE code = 'HAVNBY'")) == 1
         channels = conn.scalars(text("SELECT DISTINCT channel FROM instances")).all()
-    engine.dispose()
     assert channels == ["dicom"]  # through the DICOM port, not straight into the database
+    # The geriatric ward is fed by the simulated monitors: admitted over ADT, scored by NEWS2.
+    deadline = time.monotonic() + 120
+    scored = admitted = 0
+    while time.monotonic() < deadline and not (admitted == 12 and scored):
+        with engine.connect() as conn:
+            admitted = conn.scalar(text("SELECT count(*) FROM encounters WHERE state = 'active'"))
+            scored = conn.scalar(text("SELECT count(*) FROM ews_scores WHERE total IS NOT NULL"))
+        time.sleep(1)
+    assert admitted == 12 and scored, (admitted, scored)
+    engine.dispose()
 
     password = re.search(r"^\s+admin\s+admin\s+(\S+)$", output, re.MULTILINE)
     assert password is not None, output

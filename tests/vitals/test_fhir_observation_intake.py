@@ -268,3 +268,26 @@ def test_the_body_must_be_fhir_json(client: TestClient, app_runtime: Runtime, wa
     assert batch.status_code == 400
     with app_runtime.sessions() as db, db.begin():
         assert db.scalar(select(func.count()).select_from(VitalObservation)) == 0
+
+
+def test_what_a_post_created_can_be_read_back_at_its_location(
+    client: TestClient, app_runtime: Runtime, ward: Ward
+) -> None:
+    created = post(client, app_runtime, "/fhir/Observation", bp_panel(131, 79))
+    assert created.status_code == 201, created.text
+    path = created.headers["location"].removeprefix("http://testserver")
+    assert client.get(path, headers=auth(app_runtime, "gateway")).status_code == 403
+    read = client.get(path, headers={**auth(app_runtime, "nina"), "Accept": FHIR_JSON})
+    assert read.status_code == 200, read.text
+    Observation.model_validate(read.json())
+    assert read.json() == created.json()
+    second_component = stored(app_runtime)[1].id
+    panel = client.get(
+        f"/fhir/Observation/vs-{second_component}", headers=auth(app_runtime, "nina")
+    )
+    assert [c["valueQuantity"]["value"] for c in panel.json()["component"]] == [131, 79]
+    unknown = client.get("/fhir/Observation/vs-999999", headers=auth(app_runtime, "nina"))
+    assert unknown.status_code == 404 and unknown.json()["resourceType"] == "OperationOutcome"
+    with app_runtime.sessions() as db, db.begin():
+        reads = list(db.scalars(select(AuditEvent).where(AuditEvent.action == "fhir.read")))
+        assert {(e.actor, e.patient_id) for e in reads} == {("nina", "P1")}

@@ -6,7 +6,9 @@ and one user per role, installs the reference AI solutions (approved by the demo
 owner, live at the hospitals) and starts a simulated vendor AI appliance, starts the
 server in this process, sends synthetic CR/DX studies (some with fractures) and
 screening mammograms through the DICOM port from each hospital's modality AE titles,
-prints where to look, and serves until Ctrl-C. This module is the demo's user
+feeds the first hospital's geriatric ward with simulated bedside monitors (HL7 over
+MLLP) and room sensors (MQTT, or the webhook without a broker), prints where to look,
+and serves until Ctrl-C. This module is the demo's user
 interface, so it talks with `typer.echo`.
 """
 
@@ -36,6 +38,8 @@ from lods.demo.sender import (
     send_planned,
     wait_for_port,
 )
+from lods.demo.ward import SITE as WARD_SITE
+from lods.demo.ward import SensorRoute, sensor_route, start_ward_feed, with_broker
 from lods.runtime import Runtime
 from lods.server import make_http_server, serve
 
@@ -98,7 +102,8 @@ def reset_data_dir(data_dir: Path) -> None:
 
 
 def _check_ports_free(settings: Settings) -> None:
-    for what, port in (("HTTP", settings.http_port), ("DICOM", settings.dicom_port)):
+    ports = (("HTTP", settings.http_port), ("DICOM", settings.dicom_port))
+    for what, port in (*ports, ("HL7", settings.hl7_port)):
         with socket.socket() as s:
             try:
                 s.bind((settings.host, port))
@@ -158,9 +163,19 @@ def print_results(
         typer.echo(f"  refused: {failure}", err=True)
 
 
-def print_where(settings: Settings) -> None:
-    """Show the URL to open and the DICOM node's address."""
-    typer.echo(f"\nOpen http://{settings.host}:{settings.http_port}/ and log in as a user above.")
+def print_where(settings: Settings, route: SensorRoute | None = None) -> None:
+    """Show the URL to open, the DICOM node's address and the monitored ward's feeds."""
+    base = f"http://{settings.host}:{settings.http_port}"
+    typer.echo(f"\nOpen {base}/ and log in as a user above.")
+    if route is not None:
+        typer.echo(
+            f"Ward board ({WARD_SITE} geriatric ward, nurse or physician): {base}/wards "
+            f"(large screen: add ?layout=station; phone: /wards/<id>/phone)"
+        )
+        typer.echo(
+            f"Bedside monitors: HL7 v2 over MLLP to {settings.host}:{settings.hl7_port}; "
+            f"room sensors: {route.describe(settings)}"
+        )
     typer.echo(
         f"DICOM node: AE title {settings.dicom_ae_title} at {settings.host}:{settings.dicom_port} "
         "(calling AE titles: "
@@ -196,14 +211,16 @@ def _send_studies(settings: Settings, *, seed: int) -> None:
         log.error("the demo could not send its studies (%s); the server keeps running", exc)
 
 
-def _feed(settings: Settings, server: uvicorn.Server, *, seed: int) -> None:
-    """Send the studies, then say where to look once the web server is up."""
+def _feed(settings: Settings, server: uvicorn.Server, route: SensorRoute, *, seed: int) -> None:
+    """Send the studies, start the ward's monitors and sensors, then say where to look
+    once the web server is up."""
     _send_studies(settings, seed=seed)
     deadline = time.monotonic() + 60
     while not server.started and time.monotonic() < deadline and not server.should_exit:
         time.sleep(0.1)
     if server.started:
-        print_where(settings)
+        start_ward_feed(settings, route, seed=seed)
+        print_where(settings, route)
 
 
 def _appliance_port(settings: Settings) -> int:
@@ -220,7 +237,7 @@ def _appliance_port(settings: Settings) -> int:
 
 def run_demo(settings: Settings, *, keep_data: bool) -> None:
     """Set up the demo region, serve it, send synthetic studies in over DICOM; until Ctrl-C."""
-    settings = demo_settings(settings)
+    settings = with_broker(demo_settings(settings))
     try:
         accounts = _prepare(settings, keep_data=keep_data)
     except DemoError as exc:
@@ -232,15 +249,18 @@ def run_demo(settings: Settings, *, keep_data: bool) -> None:
     server = make_http_server(runtime, log_level="warning")
     # A fresh demo always shows the same studies; a kept one gets new ones on each run.
     seed = DEMO_SEED if not keep_data else DEMO_SEED + int(time.time())
-    feeder = threading.Thread(
-        target=_feed, args=(settings, server), kwargs={"seed": seed}, daemon=True
-    )
     try:
         with vendor_appliance(settings, port=appliance_port) as appliance:
             lines = install_demo_ai(runtime, appliance_port=appliance_port if appliance else None)
             typer.echo("\nAI solutions (demonstration, not medical devices):")
             for line in lines:
                 typer.echo(f"  {line}")
+            feeder = threading.Thread(
+                target=_feed,
+                args=(settings, server, sensor_route(runtime)),
+                kwargs={"seed": seed},
+                daemon=True,
+            )
             feeder.start()
             serve(runtime, server)  # until Ctrl-C or SIGTERM
         typer.echo("\nStopped.")

@@ -51,6 +51,9 @@ class DemoSolution:
 SOLUTIONS = (
     DemoSolution("fracture", tuple(h.code for h in HOSPITALS)),
     DemoSolution("screening", ("HAVNBY", "SKOVLUND")),
+    # Patient monitoring: the NEWS2 rule engine and the falls policy on every ward.
+    DemoSolution("news2", tuple(h.code for h in HOSPITALS)),
+    DemoSolution("falls", tuple(h.code for h in HOSPITALS)),
 )
 APPLIANCE_SITES = ("AABAKKE",)
 

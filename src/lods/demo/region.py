@@ -13,7 +13,13 @@ from sqlalchemy.orm import Session
 
 from lods.auth.models import Role
 from lods.auth.service import create_user, generate_password, get_user, set_password
-from lods.sites.service import add_department, add_dicom_node, create_site, get_site_by_code
+from lods.sites.service import (
+    add_bed,
+    add_department,
+    add_dicom_node,
+    create_site,
+    get_site_by_code,
+)
 
 ACTOR = "demo"
 
@@ -59,7 +65,11 @@ DEPARTMENTS = (
     ("RAD", "Radiology", "radiology"),
     ("ED", "Emergency department", "emergency"),
     ("SCR", "Breast screening", "screening"),
+    ("GER", "Geriatric ward", "ward"),
 )
+#: The monitored ward of every demo hospital: 12 beds, two to a room (R1..R6).
+WARD = "GER"
+WARD_BEDS = tuple((str(n), f"R{(n + 1) // 2}") for n in range(1, 13))
 #: One demo user per role, named after it so nobody has to look names up.
 USERS = (
     ("radiologist", Role.RADIOLOGIST, "Demo Radiologist"),
@@ -77,6 +87,8 @@ def _add_hospital(db: Session, hospital: Hospital) -> None:
         code: add_department(db, site_id=site.id, code=code, name=name, kind=kind, actor=ACTOR)
         for code, name, kind in DEPARTMENTS
     }
+    for bed, room in WARD_BEDS:
+        add_bed(db, ward_id=departments[WARD].id, code=bed, room=room, actor=ACTOR)
     add_dicom_node(
         db,
         site_id=site.id,
@@ -110,7 +122,8 @@ def _add_hospital(db: Session, hospital: Hospital) -> None:
 
 def create_hospitals(db: Session) -> list[Hospital]:
     """Return the demo hospitals that were missing and have now been added (sites,
-    departments, a modality node and a PACS node each), in the caller's transaction."""
+    departments, a geriatric ward with 12 beds, a modality node and a PACS node each), in
+    the caller's transaction."""
     added = []
     for hospital in HOSPITALS:
         if get_site_by_code(db, code=hospital.code) is None:

@@ -39,8 +39,6 @@ alarms included, so the alarm's positive predictive value can be computed;
 from __future__ import annotations
 
 import logging
-import sys
-import threading
 import time
 from collections.abc import Collection, Mapping
 from dataclasses import dataclass
@@ -66,7 +64,7 @@ from lods.solutions import service as solutions
 from lods.solutions.manifest import Manifest, PythonRuntimeSpec
 from lods.solutions.models import Deployment, DeploymentMode, DeploymentState, SolutionVersion
 from lods.solutions.runtimes.base import RunContext, RuntimeErrorBase
-from lods.solutions.runtimes.python import PythonRuntime, load_entry_point
+from lods.solutions.runtimes.python import PythonRuntime
 from lods.vitals.models import BedStay, Encounter, EncounterState
 
 log = logging.getLogger(__name__)
@@ -357,22 +355,6 @@ def _verified(
     return package.folder, package.manifest
 
 
-_bytecode_lock = threading.Lock()
-
-
-def _load_without_bytecode(folder: Path, manifest: Manifest) -> None:
-    """Load (and cache) the entry function without writing `__pycache__` into the
-    installed package: a .pyc there would be an unlisted file, and the next load's
-    integrity check would suspend the deployment (a process running as root can write
-    into the read-only folder)."""
-    with _bytecode_lock:
-        previous, sys.dont_write_bytecode = sys.dont_write_bytecode, True
-        try:
-            load_entry_point(folder, manifest)
-        finally:
-            sys.dont_write_bytecode = previous
-
-
 def decide(
     db: Session,
     *,
@@ -394,7 +376,6 @@ def decide(
         payload=payload,
     )
     try:
-        _load_without_bytecode(folder, manifest)
         result = PythonRuntime().run(ctx)
     except RuntimeErrorBase as exc:
         raise PolicyFailure(f"{version.label}: {exc}") from exc

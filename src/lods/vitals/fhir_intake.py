@@ -50,6 +50,9 @@ from lods.vitals.models import VitalObservation
 #: Who may post vital signs.
 VITALS_WRITERS = frozenset({Role.INTEGRATION, Role.NURSE, Role.PHYSICIAN})
 VitalsWriter = Annotated[Principal, Depends(role_dependency(*VITALS_WRITERS))]
+#: Who may read them back (the integration role posts, it reads nothing).
+VITALS_READERS = frozenset({Role.NURSE, Role.PHYSICIAN})
+VitalsReader = Annotated[Principal, Depends(role_dependency(*VITALS_READERS))]
 
 MAX_BODY_BYTES = 5 * 1024 * 1024
 MAX_ENTRIES = 1000
@@ -57,6 +60,7 @@ MEDIA_TYPES = (fr.FHIR_JSON, "application/json")
 ACCEPTED_STATUSES = frozenset({"final", "amended", "corrected", "preliminary"})
 VITAL_SIGNS = {"system": fr.OBSERVATION_CATEGORY, "code": "vital-signs", "display": "Vital Signs"}
 VITALS_PROFILE = "http://hl7.org/fhir/StructureDefinition/vitalsigns"
+DATA_ABSENT_REASON = "http://terminology.hl7.org/CodeSystem/data-absent-reason"
 #: The components of the blood-pressure panel.
 BP_COMPONENTS = frozenset({codes.BP_SYS, codes.BP_DIA, codes.BP_MEAN})
 
@@ -312,6 +316,13 @@ def _code_concept(parameter: str) -> dict[str, Any]:
 
 
 def _value(row: VitalObservation) -> dict[str, Any]:
+    if not row.valid:  # a device's "no reading": kept for the record, never a value
+        return {
+            "dataAbsentReason": {
+                "coding": [{"system": DATA_ABSENT_REASON, "code": "error", "display": "Error"}],
+                "text": row.invalid_reason or "no valid reading",
+            }
+        }
     if row.parameter == codes.CONSCIOUSNESS and row.value_text:
         letter = row.value_text
         return {
@@ -473,3 +484,37 @@ def post_bundle(request: Request, db: SessionDep, user: Writer, body: Body) -> F
             ],
         }
     )
+
+
+@router.get("/Observation/vs-{key:int}")
+def read_vital_observation(key: int, db: SessionDep, user: VitalsReader) -> FhirResponse:
+    """A stored vital sign as an Observation (the target of the Location a POST answers);
+    a blood-pressure reading comes back as the panel it was stored with."""
+    row = db.get(VitalObservation, key)
+    patient = db.get(Patient, row.patient_fk) if row is not None else None
+    if row is None or patient is None:
+        raise FhirError(404, "not-found", f"Observation/vs-{key} is not known")
+    rows = [row]
+    if row.parameter in BP_COMPONENTS:
+        rows = list(
+            db.scalars(
+                select(VitalObservation)
+                .where(
+                    VitalObservation.patient_fk == row.patient_fk,
+                    VitalObservation.observed_at == row.observed_at,
+                    VitalObservation.source == row.source,
+                    VitalObservation.parameter.in_(sorted(BP_COMPONENTS)),
+                )
+                .order_by(VitalObservation.id)
+            )
+        )
+    record(
+        db,
+        actor=user.username,
+        action="fhir.read",
+        object_ref=f"Observation/vs-{key}",
+        patient_id=patient.patient_id,
+        source=user.source,
+        detail={"via": user.via},
+    )
+    return FhirResponse(observation_resource(rows, patient, panel=len(rows) > 1))
