@@ -14,7 +14,7 @@ from vitals_support import Ward, admit_patient, adt, make_ward
 from lods.audit.models import AuditEvent
 from lods.imaging.models import Patient
 from lods.runtime import Runtime
-from lods.vitals import hl7in
+from lods.vitals import hl7in, hl7intake
 from lods.vitals import service as vitals
 from lods.vitals.models import BedStay, Encounter, Hl7Message, VitalObservation
 
@@ -125,9 +125,11 @@ def test_update_patient_changes_demographics_and_is_audited(runtime: Runtime, wa
 # --- through HL7 ADT ------------------------------------------------------------------------
 
 
-def handle(rt: Runtime, raw: str) -> vitals.Answer:
+def handle(rt: Runtime, raw: str) -> hl7intake.Answer:
     with rt.sessions() as db, db.begin():
-        return vitals.intake_hl7(db, [vitals.Inbound(hl7in.read(raw))], settings=rt.settings)[0]
+        return hl7intake.intake_hl7(db, [hl7intake.Inbound(hl7in.read(raw))], settings=rt.settings)[
+            0
+        ]
 
 
 def test_adt_messages_admit_transfer_update_and_discharge(runtime: Runtime, ward: Ward) -> None:

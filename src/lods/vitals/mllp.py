@@ -7,7 +7,7 @@ skipped, a message waits for its end block, one closed mid-message is dropped un
 them (`hl7in.read`). One writer thread stores them with group commit: it takes what is
 queued (up to `BATCH_SIZE` messages, waiting at most `BATCH_WAIT` seconds for more while
 some connection has not yet sent one), handles the batch in one transaction
-(`service.intake_hl7`) and only after the commit releases the ACKs, in order per
+(`hl7intake.intake_hl7`) and only after the commit releases the ACKs, in order per
 connection. So an ACK always means the message (its `hl7_messages` row, observations and
 scores) is on disk, and one commit (one fsync) serves many messages. A sender that waits
 for each ACK has one message in a batch, so the rate grows with the number of
@@ -33,7 +33,7 @@ from typing import Any
 
 from lods.runtime import Runtime
 from lods.vitals import hl7in
-from lods.vitals.service import Answer, Inbound, intake_hl7
+from lods.vitals.hl7intake import Answer, Inbound, intake_hl7
 
 log = logging.getLogger(__name__)
 
