@@ -229,6 +229,12 @@ def _chunks(items: Sequence[Any], size: int = CHUNK) -> Iterable[Sequence[Any]]:
         yield items[start : start + size]
 
 
+def _padded(count: int) -> int:
+    """`count` rounded up to a power of two: the UNION statements are built (and compiled
+    by SQLAlchemy) once per size, so a handful of sizes serve every batch."""
+    return 1 << max(0, count - 1).bit_length()
+
+
 @functools.cache
 def _work_statement() -> Any:
     """Active encounters of the patients (`patients`, expanding) joined to the early-warning
@@ -306,7 +312,7 @@ def _union(selects: Sequence[Any]) -> Any:
     return wrapped[0] if len(wrapped) == 1 else union_all(*wrapped)
 
 
-@functools.lru_cache(maxsize=8)
+@functools.lru_cache(maxsize=16)
 def _recent_statement(count: int) -> Any:
     """The newest `RECENT_ROWS` valid readings of each of `count` patients (bound as
     p0, p1, ...): one index seek each, built once per size and cached by SQLAlchemy."""
@@ -352,9 +358,11 @@ def _newest_readings(
                 found[row.parameter] = row
 
     for chunk in _chunks(list(patient_fks)):
-        params: dict[str, Any] = {f"p{i}": p for i, p in enumerate(chunk)}
+        size = _padded(len(chunk))
+        padded = [*chunk, *[-1] * (size - len(chunk))]  # no patient has id -1
+        params: dict[str, Any] = {f"p{i}": p for i, p in enumerate(padded)}
         params.update(since=since, until=until, sources=sources)
-        keep(db.execute(_recent_statement(len(chunk)), params))
+        keep(db.execute(_recent_statement(size), params))
     pending: dict[int, set[str]] = {}
     for patient, found in newest.items():
         wanted = {s for n in needs if not any(s in found for s in n.sources) for s in n.sources}
@@ -374,7 +382,7 @@ def _newest_readings(
     return newest
 
 
-@functools.lru_cache(maxsize=8)
+@functools.lru_cache(maxsize=16)
 def _previous_statement(count: int) -> Any:
     """The newest complete score of each of `count` (patient p_i, encounter e_i,
     deployment d_i) since `since` (one index seek each)."""
@@ -406,10 +414,13 @@ def _previous_complete(
     (patient, encounter, deployment) since `since`."""
     out: dict[tuple[int, int], str | None] = {}
     for chunk in _chunks(list(keys)):
+        size = _padded(len(chunk))
         params: dict[str, Any] = {"since": since}
-        for i, (patient, encounter, deployment) in enumerate(chunk):
+        for i, (patient, encounter, deployment) in enumerate(
+            [*chunk, *[(-1, -1, -1)] * (size - len(chunk))]
+        ):
             params.update({f"p{i}": patient, f"e{i}": encounter, f"d{i}": deployment})
-        for row in db.execute(_previous_statement(len(chunk)), params):
+        for row in db.execute(_previous_statement(size), params):
             out[(row.encounter_fk, row.deployment_fk)] = row.band
     return out
 
