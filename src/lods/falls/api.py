@@ -83,6 +83,16 @@ class FallRiskOut(BaseModel):
     bed_exit_set_by: str | None
     bed_exit_set_at: datetime | None
 
+    @classmethod
+    def of(cls, encounter: Encounter, latest: FallRiskAssessment | None) -> FallRiskOut:
+        return cls(
+            encounter_id=encounter.id,
+            latest=RiskOut.of(latest) if latest else None,
+            bed_exit_alerts=encounter.bed_exit_alerts,
+            bed_exit_set_by=encounter.bed_exit_set_by,
+            bed_exit_set_at=encounter.bed_exit_set_at,
+        )
+
 
 class BedExitIn(BaseModel):
     #: true: on; false: off; null: follow the fall risk.
@@ -189,13 +199,7 @@ def get_fall_risk(encounter_id: int, db: SessionDep, user: FallsClinician) -> Fa
         patient_id=patient.patient_id if patient else None,
         source=user.source,
     )
-    return FallRiskOut(
-        encounter_id=encounter.id,
-        latest=RiskOut.of(latest) if latest else None,
-        bed_exit_alerts=encounter.bed_exit_alerts,
-        bed_exit_set_by=encounter.bed_exit_set_by,
-        bed_exit_set_at=encounter.bed_exit_set_at,
-    )
+    return FallRiskOut.of(encounter, latest)
 
 
 @router.post("/api/encounters/{encounter_id}/bed-exit-alerts", response_model=FallRiskOut)
@@ -210,13 +214,7 @@ def post_bed_exit_alerts(
     except service.FallsError as exc:
         raise _http(exc) from exc
     latest = service.current_risk(db, encounter_fks=[encounter.id]).get(encounter.id)
-    return FallRiskOut(
-        encounter_id=encounter.id,
-        latest=RiskOut.of(latest) if latest else None,
-        bed_exit_alerts=encounter.bed_exit_alerts,
-        bed_exit_set_by=encounter.bed_exit_set_by,
-        bed_exit_set_at=encounter.bed_exit_set_at,
-    )
+    return FallRiskOut.of(encounter, latest)
 
 
 @router.post("/api/alerts/{alert_id}/fall-outcome", response_model=ResolvedOut)

@@ -682,6 +682,19 @@ def resolve_fall_alarm(
         recorded_by=actor,
         recorded_at=now,
     )
+    return _store_incident(
+        db,
+        incident,
+        actor=actor,
+        source=source,
+        detail={"alert": alert.id, "outcome": outcome, "injury_grade": injury_grade},
+    )
+
+
+def _store_incident(
+    db: Session, incident: FallIncident, *, actor: str, source: str, detail: dict[str, Any]
+) -> FallIncident:
+    """Add the incident and audit it with its patient."""
     db.add(incident)
     db.flush()
     record(
@@ -689,9 +702,9 @@ def resolve_fall_alarm(
         actor=actor,
         action="falls.incident",
         object_ref=f"fall_incident:{incident.id}",
-        patient_id=_patient_ref(db, alert.patient_fk),
+        patient_id=_patient_ref(db, incident.patient_fk),
         source=source,
-        detail={"alert": alert.id, "outcome": outcome, "injury_grade": injury_grade},
+        detail=detail,
     )
     return incident
 
@@ -755,14 +768,10 @@ def record_incident(
         recorded_by=actor,
         recorded_at=now,
     )
-    db.add(incident)
-    db.flush()
-    record(
+    return _store_incident(
         db,
+        incident,
         actor=actor,
-        action="falls.incident",
-        object_ref=f"fall_incident:{incident.id}",
-        patient_id=_patient_ref(db, incident.patient_fk),
         source=source,
         detail={
             "ward": ward.code,
@@ -772,4 +781,3 @@ def record_incident(
             "occurred_at": occurred_at.isoformat(),
         },
     )
-    return incident
