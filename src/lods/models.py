@@ -33,6 +33,7 @@ from lods.vitals.models import (
     EarlyWarningScore,
     Encounter,
     Hl7Message,
+    LatestVital,
     PatientOption,
     VitalObservation,
 )
@@ -60,6 +61,7 @@ __all__ = [
     "Instance",
     "IntakeRejection",
     "Job",
+    "LatestVital",
     "OutboxItem",
     "Patient",
     "PatientOption",

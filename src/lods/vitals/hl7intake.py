@@ -28,7 +28,7 @@ from lods.db import utcnow
 from lods.imaging.models import Patient
 from lods.sites.models import Bed, Department, Site
 from lods.sites.service import BED_KINDS
-from lods.vitals import hl7in
+from lods.vitals import hl7in, latest
 from lods.vitals.models import (
     Encounter,
     EncounterState,
@@ -383,6 +383,9 @@ def _store_oru_run(
             )
     if observation_rows:
         bulk_insert(conn, VITAL_OBSERVATIONS, observation_rows)
+        latest.note_messages(
+            conn, sorted({row["message_fk"] for row in observation_rows}), received_at=received_at
+        )
     stored = [p for p in plans if p.patient is not None and p.place is not None and p.readings]
     score_patients(
         db,

@@ -171,3 +171,18 @@ class PatientOption(Base):
     set_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
     revoked_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
     revoked_by: Mapped[str | None] = mapped_column(String(100))
+
+
+class LatestVital(Base):
+    """The newest valid reading of each parameter of a patient (kept in the transaction
+    that stores the reading; see `lods.vitals.latest`), so scoring a patient reads a
+    handful of rows instead of searching the observations."""
+
+    __tablename__ = "latest_vitals"
+
+    patient_fk: Mapped[int] = mapped_column(ForeignKey("patients.id"), primary_key=True)
+    parameter: Mapped[str] = mapped_column(String(32), primary_key=True)
+    observation_fk: Mapped[int] = mapped_column(ForeignKey("vital_observations.id"))
+    value: Mapped[float | None] = mapped_column(Float)
+    value_text: Mapped[str | None] = mapped_column(String(32))
+    observed_at: Mapped[datetime] = mapped_column(UTCDateTime)

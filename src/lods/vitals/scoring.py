@@ -64,6 +64,8 @@ from lods.solutions.models import (
 from lods.solutions.runtimes.base import RunContext, RunResult, RuntimeErrorBase
 from lods.solutions.runtimes.python import PythonRuntime
 from lods.solutions.service import record_integrity_failure, verify_files
+from lods.vitals import latest
+from lods.vitals.latest import FUTURE_TOLERANCE
 from lods.vitals.models import EarlyWarningScore, Encounter, EncounterState, VitalObservation
 from lods.vitals.options import options_in_force_many
 
@@ -73,10 +75,6 @@ log = logging.getLogger(__name__)
 VERIFY_EVERY = timedelta(minutes=5)
 #: A previous complete score older than this does not count for a band rise.
 PRIOR_HORIZON = timedelta(hours=24)
-#: Readings stamped further ahead of `now` than this are ignored (a wrong device clock).
-FUTURE_TOLERANCE = timedelta(minutes=5)
-#: The newest rows read per patient in the first readings pass (a few monitor messages).
-RECENT_ROWS = 12
 #: Patients per UNION ALL statement (SQLite allows 500 compound terms).
 CHUNK = 100
 #: Used when a package cannot say which readings it needs.
@@ -312,24 +310,8 @@ def _union(selects: Sequence[Any]) -> Any:
     return wrapped[0] if len(wrapped) == 1 else union_all(*wrapped)
 
 
-@functools.lru_cache(maxsize=16)
-def _recent_statement(count: int) -> Any:
-    """The newest `RECENT_ROWS` valid readings of each of `count` patients (bound as
-    p0, p1, ...): one index seek each, built once per size and cached by SQLAlchemy."""
-    selects = [
-        select(*_READING_COLUMNS)
-        .where(
-            VitalObservation.patient_fk == bindparam(f"p{i}"),
-            VitalObservation.valid.is_(True),
-            VitalObservation.observed_at >= bindparam("since"),
-            VitalObservation.observed_at <= bindparam("until"),
-            VitalObservation.parameter.in_(bindparam("sources", expanding=True)),
-        )
-        .order_by(VitalObservation.observed_at.desc(), VitalObservation.id.desc())
-        .limit(RECENT_ROWS)
-        for i in range(count)
-    ]
-    return _union(selects)
+def _utc(value: datetime) -> datetime:
+    return value if value.tzinfo else value.replace(tzinfo=UTC)
 
 
 def _newest_readings(
@@ -339,46 +321,34 @@ def _newest_readings(
     *,
     since: datetime,
     now: datetime,
-) -> dict[int, dict[str, Row[Any]]]:
-    """{patient: {source parameter: newest valid reading since `since`}}.
-
-    First the newest `RECENT_ROWS` valid rows of each patient (an index seek each); then,
-    only for parameters none of whose sources showed up there, one query over the window.
-    A source found in the first pass is the newest of its group: anything newer would
-    have been among those rows too."""
+) -> dict[int, dict[str, Any]]:
+    """{patient: {source parameter: newest valid reading since `since`}}, from the newest
+    readings held per patient (`lods.vitals.latest`). One held later than `now` allows
+    (scoring as of an earlier time) is looked up among the observations instead."""
     sources = sorted({s for n in needs for s in n.sources})
     until = now + FUTURE_TOLERANCE
-    newest: dict[int, dict[str, Row[Any]]] = {p: {} for p in patient_fks}
-
-    def keep(rows: Iterable[Any]) -> None:
-        for row in rows:
-            found = newest[row.patient_fk]
-            held = found.get(row.parameter)
-            if held is None or (row.observed_at, row.id) > (held.observed_at, held.id):
-                found[row.parameter] = row
-
-    for chunk in _chunks(list(patient_fks)):
-        size = _padded(len(chunk))
-        padded = [*chunk, *[-1] * (size - len(chunk))]  # no patient has id -1
-        params: dict[str, Any] = {f"p{i}": p for i, p in enumerate(padded)}
-        params.update(since=since, until=until, sources=sources)
-        keep(db.execute(_recent_statement(size), params))
-    pending: dict[int, set[str]] = {}
-    for patient, found in newest.items():
-        wanted = {s for n in needs if not any(s in found for s in n.sources) for s in n.sources}
-        if wanted:
-            pending[patient] = wanted
-    if pending:
-        wanted_sources = sorted(set().union(*pending.values()))
-        for chunk in _chunks(sorted(pending), 500):
-            query = select(*_READING_COLUMNS).where(
-                VitalObservation.patient_fk.in_(chunk),
-                VitalObservation.valid.is_(True),
-                VitalObservation.observed_at >= since,
-                VitalObservation.observed_at <= until,
-                VitalObservation.parameter.in_(wanted_sources),
-            )
-            keep(row for row in db.execute(query) if row.parameter in pending[row.patient_fk])
+    newest: dict[int, dict[str, Any]] = {p: {} for p in patient_fks}
+    later: dict[int, set[str]] = {}
+    for row in latest.newest(db, patient_fks, sources, since=since):
+        if _utc(row.observed_at) <= until:
+            newest[row.patient_fk][row.parameter] = row
+        else:
+            later.setdefault(row.patient_fk, set()).add(row.parameter)
+    for chunk in _chunks(sorted(later), 500):
+        query = select(*_READING_COLUMNS).where(
+            VitalObservation.patient_fk.in_(chunk),
+            VitalObservation.valid.is_(True),
+            VitalObservation.observed_at >= since,
+            VitalObservation.observed_at <= until,
+            VitalObservation.parameter.in_(sorted(set().union(*later.values()))),
+        )
+        for older in db.execute(query):
+            if older.parameter not in later[older.patient_fk]:
+                continue
+            found = newest[older.patient_fk]
+            held = found.get(older.parameter)
+            if held is None or (older.observed_at, older.id) > (held.observed_at, held.id):
+                found[older.parameter] = older
     return newest
 
 

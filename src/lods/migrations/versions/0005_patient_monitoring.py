@@ -1,6 +1,6 @@
-"""Patient monitoring: beds, encounters and bed stays, HL7 messages, vital signs,
-early-warning scores, patient options, sensor events, fall risk and incidents, and the
-alert lifecycle (notified, repeated, escalated) with its events.
+"""Patient monitoring: beds, encounters and bed stays, HL7 messages, vital signs (and the
+newest of each per patient), early-warning scores, patient options, sensor events, fall
+risk and incidents, and the alert lifecycle (notified, repeated, escalated) with its events.
 
 Revision ID: 0005
 Revises: 0004
@@ -385,8 +385,28 @@ def upgrade() -> None:
             "ix_vital_observations_patient_time", ["patient_fk", "observed_at"], unique=False
         )
 
+    op.create_table(
+        "latest_vitals",
+        sa.Column("patient_fk", sa.Integer(), nullable=False),
+        sa.Column("parameter", sa.String(length=32), nullable=False),
+        sa.Column("observation_fk", sa.Integer(), nullable=False),
+        sa.Column("value", sa.Float(), nullable=True),
+        sa.Column("value_text", sa.String(length=32), nullable=True),
+        sa.Column("observed_at", lods.db.UTCDateTime(timezone=True), nullable=False),
+        sa.ForeignKeyConstraint(
+            ["observation_fk"],
+            ["vital_observations.id"],
+            name=op.f("fk_latest_vitals_observation_fk_vital_observations"),
+        ),
+        sa.ForeignKeyConstraint(
+            ["patient_fk"], ["patients.id"], name=op.f("fk_latest_vitals_patient_fk_patients")
+        ),
+        sa.PrimaryKeyConstraint("patient_fk", "parameter", name=op.f("pk_latest_vitals")),
+    )
+
 
 def downgrade() -> None:
+    op.drop_table("latest_vitals")
     with op.batch_alter_table("vital_observations", schema=None) as batch_op:
         batch_op.drop_index("ix_vital_observations_patient_time")
         batch_op.drop_index(batch_op.f("ix_vital_observations_message_fk"))
