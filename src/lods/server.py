@@ -4,6 +4,7 @@ room-sensor MQTT client and the alert ticker, started and stopped together."""
 
 from __future__ import annotations
 
+import gc
 import logging
 import signal
 from collections.abc import Iterator
@@ -111,9 +112,19 @@ def make_http_server(runtime: Runtime, *, log_level: str = "info") -> uvicorn.Se
     return uvicorn.Server(config)
 
 
+def settle_garbage_collector() -> None:
+    """Leave start-up's objects (app, metadata, compiled statements) out of every later
+    collection (`gc.freeze`) and collect young objects less often: with thousands of
+    monitor messages a second, the cyclic collector otherwise costs ~15 % of the intake."""
+    gc.collect()
+    gc.freeze()
+    gc.set_threshold(50_000, 20, 100)
+
+
 def serve(runtime: Runtime, server: uvicorn.Server) -> None:
     """Serve HTTP, DICOM and the watcher until SIGINT/SIGTERM, then stop them in order."""
     with stopped_by_signals(), background_services(runtime):
+        settle_garbage_collector()
         server.run()
 
 

@@ -38,6 +38,7 @@ points of each part, the total and band only when every required parameter score
 from __future__ import annotations
 
 import dataclasses
+import functools
 from collections import defaultdict
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
@@ -573,7 +574,7 @@ class Part:
         if self.variant is not None:
             out["variant"] = self.variant
         if self.code is not None:
-            out["code"] = self.code.model_dump()
+            out["code"] = dict(_code_dict(self.code))
         if self.adjusted is not None:
             out["adjusted"] = self.adjusted
         if self.problem is not None:
@@ -620,6 +621,12 @@ class Evaluation:
             "stale": {k: _iso(v) for k, v in self.stale.items()},
             "problems": list(self.problems),
         }
+
+
+@functools.lru_cache(maxsize=256)
+def _code_dict(code: Code) -> dict[str, Any]:
+    """A table's code as JSON, dumped once (the tables' codes are few and frozen)."""
+    return code.model_dump()
 
 
 def _iso(value: datetime) -> str:

@@ -46,7 +46,7 @@ from pathlib import Path
 from typing import Any
 
 from sqlalchemy import Row, Table, bindparam, insert, select, union_all, update
-from sqlalchemy.orm import Session, make_transient_to_detached
+from sqlalchemy.orm import Session
 
 from lods.alerts.live import publish_after_commit
 from lods.alerts.models import Alert, AlertState
@@ -431,8 +431,34 @@ def not_scored_reason(score: EarlyWarningScore) -> str | None:
 
 
 @dataclass
+class _ScoreRow:
+    """A score about to be stored: the `ews_scores` columns, without ORM bookkeeping
+    (thousands are written a second); `id` is set once inserted."""
+
+    patient_fk: int
+    encounter_fk: int
+    bed_fk: int | None
+    version_fk: int
+    deployment_fk: int
+    score_name: str
+    computed_at: datetime
+    observed_at: datetime
+    complete: bool
+    total: int | None
+    band: str | None
+    missing: list[str]
+    parts: dict[str, Any]
+    options: dict[str, Any]
+    next_due_minutes: int | None
+    id: int | None = None
+
+
+_SCORE_COLUMNS = tuple(f for f in _ScoreRow.__dataclass_fields__ if f != "id")
+
+
+@dataclass
 class _Scored:
-    score: EarlyWarningScore
+    score: _ScoreRow
     encounter: _Encounter
     deployment: _Deployment
     #: The package's evaluation of this patient (`lods.vitals.ews.Evaluation.as_dict`).
@@ -466,9 +492,9 @@ def _score_row(
     evaluation: dict[str, Any],
     options: dict[str, Any],
     now: datetime,
-) -> EarlyWarningScore:
+) -> _ScoreRow:
     observed = evaluation.get("observed_at")
-    return EarlyWarningScore(
+    return _ScoreRow(
         patient_fk=encounter.patient_fk,
         encounter_fk=encounter.id,
         bed_fk=encounter.bed_fk,
@@ -494,8 +520,8 @@ def _skip_row(
     reason: str,
     options: dict[str, Any],
     now: datetime,
-) -> EarlyWarningScore:
-    return EarlyWarningScore(
+) -> _ScoreRow:
+    return _ScoreRow(
         patient_fk=encounter.patient_fk,
         encounter_fk=encounter.id,
         bed_fk=encounter.bed_fk,
@@ -554,10 +580,16 @@ def _score_batch(
 
 
 def score_after_intake(
-    db: Session, *, patient_fks: Collection[int], now: datetime, settings: Settings
+    db: Session,
+    *,
+    patient_fks: Collection[int],
+    now: datetime,
+    settings: Settings,
+    returning: bool = True,
 ) -> list[EarlyWarningScore]:
     """Score each patient's newest valid readings with the early-warning solutions
-    deployed at the patient's site; return the scores stored (none without a deployment)."""
+    deployed at the patient's site; return the scores stored (none without a deployment),
+    read back as rows — unless `returning` is False (the intake paths: they need none)."""
     now = now if now.tzinfo else now.replace(tzinfo=UTC)
     candidates = _work(db, sorted(set(patient_fks)))
     if not candidates:
@@ -619,17 +651,22 @@ def score_after_intake(
     _resolve_overdue(
         db, {s.encounter.id for s in alerting}, now=now, resolution="a complete set arrived"
     )
-    return [s.score for s in stored]
+    if not returning:
+        return []
+    ids = [s.score.id for s in stored]
+    found = {
+        row.id: row
+        for row in db.scalars(select(EarlyWarningScore).where(EarlyWarningScore.id.in_(ids)))
+    }
+    return [found[i] for i in ids if i in found]
 
 
-def _insert(db: Session, scores: list[EarlyWarningScore]) -> None:
-    """Store the new scores with one multi-row INSERT (not the ORM unit of work) and put
-    them in the session as the persistent rows they now are."""
+def _insert(db: Session, scores: list[_ScoreRow]) -> None:
+    """Store the new scores with one multi-row INSERT (not the ORM unit of work)."""
     if not scores:
         return
     table: Table = EarlyWarningScore.__table__  # type: ignore[assignment]
-    columns = [c.key for c in table.columns if c.key != "id"]
-    rows = [{c: getattr(score, c) for c in columns} for score in scores]
+    rows = [{c: getattr(score, c) for c in _SCORE_COLUMNS} for score in scores]
     ids = (
         db.connection()
         .execute(insert(table).returning(table.c.id, sort_by_parameter_order=True), rows)
@@ -637,8 +674,6 @@ def _insert(db: Session, scores: list[EarlyWarningScore]) -> None:
     )
     for score, key in zip(scores, ids, strict=True):
         score.id = key
-        make_transient_to_detached(score)
-        db.add(score)
 
 
 # --- alerts ---------------------------------------------------------------------------------

@@ -477,7 +477,7 @@ def score_patients(
 
     fks = sorted(set(patient_fks))
     if fks:
-        score_after_intake(db, patient_fks=fks, now=now, settings=settings)
+        score_after_intake(db, patient_fks=fks, now=now, settings=settings, returning=False)
 
 
 def settings_or_default(settings: Any) -> Any:
