@@ -89,7 +89,8 @@ def _memoised(processor: Any, values: list[Any]) -> list[Any]:
 
 
 def bulk_insert(conn: Connection, table: Table, rows: list[dict[str, Any]]) -> None:
-    """INSERT `rows` (dicts with the same keys) with one DBAPI executemany.
+    """INSERT `rows` (dicts with the same keys) with one DBAPI executemany (PostgreSQL:
+    one COPY).
 
     The same as `conn.execute(insert(table), rows)` at a fraction of the cost per row: the
     statement is compiled once per dialect, parameters are assembled column by column,
@@ -114,6 +115,14 @@ def bulk_insert(conn: Connection, table: Table, rows: list[dict[str, Any]]) -> N
         processor = table.c[name].type.dialect_impl(dialect).bind_processor(dialect)
         columns.append(_memoised(processor, values) if processor is not None else values)
     tuples = list(zip(*columns, strict=True))
+    if dialect.name == "postgresql":
+        # COPY: one stream for the whole batch; executemany costs a round of the server's
+        # statement machinery per row (~35 µs each on loopback).
+        cursor = conn.connection.driver_connection.cursor()  # type: ignore[union-attr]
+        with cursor, cursor.copy(f"COPY {table.name} ({', '.join(names)}) FROM STDIN") as copy:
+            for row_values in tuples:
+                copy.write_row(row_values)
+        return
     if order is not None:
         conn.exec_driver_sql(sql, tuples)
     else:
