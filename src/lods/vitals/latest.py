@@ -71,7 +71,9 @@ def _from_messages(dialect: str) -> Any:
         OBSERVATIONS.c.observed_at <= bindparam("until"),
     )
     if dialect == "postgresql":
-        rows = rows.distinct(OBSERVATIONS.c.patient_fk, OBSERVATIONS.c.parameter).order_by(
+        rows = rows.ext(
+            postgresql.distinct_on(OBSERVATIONS.c.patient_fk, OBSERVATIONS.c.parameter)
+        ).order_by(
             OBSERVATIONS.c.patient_fk,
             OBSERVATIONS.c.parameter,
             OBSERVATIONS.c.observed_at.desc(),
