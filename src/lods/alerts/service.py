@@ -348,17 +348,6 @@ def resolve_by_system(db: Session, *, alert: Alert, resolution: str, now: dateti
     resolve(db, alert_id=alert.id, actor="system", resolution=resolution, now=now)
 
 
-def open_ward_alerts(db: Session, *, ward_id: int) -> list[Alert]:
-    """The ward's alerts not yet resolved, most urgent and oldest first."""
-    rows = db.scalars(
-        select(Alert)
-        .where(Alert.ward_fk == ward_id, Alert.state.in_(OPEN_STATES))
-        .order_by(Alert.raised_at)
-    )
-    rank = {severity: i for i, severity in enumerate(reversed(SEVERITIES))}
-    return sorted(rows, key=lambda a: (rank.get(a.severity, 9), a.raised_at))
-
-
 def history(db: Session, *, alert_id: int) -> list[AlertEvent]:
     """Every step of the alert, in order."""
     return list(

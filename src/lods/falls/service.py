@@ -73,7 +73,6 @@ log = logging.getLogger(__name__)
 SENSOR_INPUT = "sensor-events"
 FALL_KINDS = ("fall_detected", "person_on_floor")
 BED_EXIT_KINDS = ("bed_exit", "sitting_on_edge")
-ACTIONS = ("alarm", "bed_exit_alert", "clear", "ignore")
 #: What the policy may answer to each event kind.
 ALLOWED_ACTIONS: dict[str, frozenset[str]] = {
     **{k: frozenset({"alarm", "ignore"}) for k in FALL_KINDS},
@@ -109,8 +108,6 @@ MORSE_ITEMS: dict[str, dict[str, int]] = {
 MORSE_MAX = sum(max(answers.values()) for answers in MORSE_ITEMS.values())
 #: Cut-offs when no falls solution is deployed (0–24 low, 25–44 moderate, ≥45 high).
 DEFAULT_CUTOFFS: dict[str, int] = {"moderate": 25, "high": 45}
-LEVELS = ("low", "moderate", "high")
-
 _EVENT_WORDS = {
     "fall_detected": "Fall detected",
     "person_on_floor": "Person on the floor",

@@ -268,10 +268,6 @@ class ScoreTable(_Strict):
     def risk_band(self, key: str) -> RiskBand:
         return self.risk_bands[self.band_rank(key)]
 
-    def source_parameters(self) -> set[str]:
-        """Every vital-sign parameter this table reads."""
-        return {s for p in self.parameters for s in p.source_keys}
-
 
 def _max_points(parameter: Parameter) -> int:
     sets = [parameter.bands, *(a.bands for a in parameter.alternatives)]

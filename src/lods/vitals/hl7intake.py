@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Connection, Table, bindparam, func, insert, select
+from sqlalchemy import Connection, Table, bindparam, insert, select
 from sqlalchemy.orm import Session
 
 from lods.alerts.live import publish_after_commit
@@ -629,20 +629,3 @@ def intake_hl7(
     return [
         a if a is not None else Answer("AE", "not handled", hl7in.ERR_INTERNAL) for a in answers
     ]
-
-
-def store_oru(
-    db: Session,
-    message: hl7in.ParsedMessage,
-    *,
-    now: datetime | None = None,
-    settings: Any = None,
-    source: str = "",
-) -> Answer:
-    """Handle one ORU^R01 (see `intake_hl7`) and return its answer."""
-    return intake_hl7(db, [Inbound(message, source)], now=now, settings=settings)[0]
-
-
-def message_count(db: Session) -> int:
-    """How many HL7 messages are kept (for tests and the bench)."""
-    return int(db.scalar(select(func.count()).select_from(Hl7Message)) or 0)

@@ -22,8 +22,9 @@ process, whenever the version or its manifest changes, and again every
 of the version is suspended, admins are alerted) and the version scores nothing more.
 
 Speed: one query for the batch's encounters with their deployments, one for options, one
-for the newest readings (an index seek per patient; a window scan only for parameters
-not among a patient's newest rows), one call of each package for the whole batch
+for the newest readings (the rows `lods.vitals.latest` keeps per patient and parameter),
+one for the previous bands (an index seek per patient), one call of each package for the
+whole batch
 (`{"batch": [...]}`), one multi-row INSERT for the scores; statements are built once.
 
 The package protocol (`python` runtime, see reference_solutions/news2/package/score.py):
