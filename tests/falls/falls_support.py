@@ -68,13 +68,17 @@ def make_ward(
     *,
     site: str = "NORTH",
     code: str = "MED3",
+    name: str | None = None,
     beds: tuple[tuple[str, str], ...] = (("B1", "R1"), ("B2", "R1"), ("B3", "R2")),
 ) -> Ward:
-    """A ward of `site` with `beds` as (bed code, room); the site is made when missing."""
+    """A ward of `site` (named `name`, else its code) with `beds` as (bed code, room); the
+    site is made when missing."""
     with rt.sessions() as db, db.begin():
         found = get_site_by_code(db, code=site)
         site_id = found.id if found else create_site(db, code=site, name=site, actor="test").id
-        ward = add_department(db, site_id=site_id, code=code, name=code, kind="ward", actor="test")
+        ward = add_department(
+            db, site_id=site_id, code=code, name=name or code, kind="ward", actor="test"
+        )
         made = Ward(site_id=site_id, site_code=site, id=ward.id, code=code)
         for bed, room in beds:
             made.beds[bed] = add_bed(db, ward_id=ward.id, code=bed, room=room, actor="test").id

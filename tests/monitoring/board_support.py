@@ -12,20 +12,20 @@ import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
 from typing import Any
 
 import uvicorn
 from sqlalchemy import select
 
+from falls.falls_support import Ward
+from falls.falls_support import make_ward as falls_make_ward
 from lods.alerts.models import Alert
 from lods.alerts.service import raise_alert
 from lods.falls.models import FallRiskAssessment
 from lods.imaging.models import Patient
 from lods.runtime import Runtime
 from lods.sites.models import Department
-from lods.sites.service import add_bed, add_department, create_site, get_site_by_code
 from lods.solutions.models import Deployment, SolutionVersion
 from lods.vitals.models import BedStay, EarlyWarningScore, Encounter, VitalObservation
 from support import free_port
@@ -54,14 +54,6 @@ LOINC = {
 }
 
 
-@dataclass
-class Ward:
-    site_id: int
-    id: int
-    code: str
-    beds: dict[str, int] = field(default_factory=dict)
-
-
 def make_ward(
     rt: Runtime,
     *,
@@ -70,15 +62,8 @@ def make_ward(
     name: str = "Geriatri 1",
     beds: tuple[tuple[str, str], ...] = (("1", "R1"), ("2", "R1"), ("3", "R2")),
 ) -> Ward:
-    """A ward of `site` with `beds` as (bed code, room); the site is created when missing."""
-    with rt.sessions() as db, db.begin():
-        found = get_site_by_code(db, code=site)
-        site_id = found.id if found else create_site(db, code=site, name=site, actor="test").id
-        ward = add_department(db, site_id=site_id, code=code, name=name, kind="ward", actor="test")
-        made = Ward(site_id=site_id, id=ward.id, code=code)
-        for bed, room in beds:
-            made.beds[bed] = add_bed(db, ward_id=ward.id, code=bed, room=room, actor="test").id
-        return made
+    """The board tests' ward (`falls_support.make_ward` with their defaults)."""
+    return falls_make_ward(rt, site=site, code=code, name=name, beds=beds)
 
 
 def admit(
