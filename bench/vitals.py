@@ -315,6 +315,33 @@ def live_server(folder: Path, database_url: str, args: argparse.Namespace) -> It
         server.stop()
 
 
+def process_cpu(pid: int) -> float:
+    """CPU seconds (user + system) used so far by process `pid` and its live descendants
+    (Linux /proc; NaN elsewhere)."""
+    tick = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
+    try:
+        stats = {}
+        for entry in Path("/proc").iterdir():
+            if entry.name.isdigit():
+                try:
+                    fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+                except OSError:
+                    continue
+                stats[int(entry.name)] = (int(fields[1]), int(fields[11]) + int(fields[12]))
+    except OSError:
+        return math.nan
+    family, total, grew = {pid}, 0, True
+    while grew:
+        grew = False
+        for p, (parent, _) in stats.items():
+            if parent in family and p not in family:
+                family.add(p)
+                grew = True
+    for p in family:
+        total += stats.get(p, (0, 0))[1]
+    return total / tick
+
+
 def counts(reader: Engine) -> dict[str, int]:
     with reader.connect() as conn:
         return {
@@ -337,6 +364,10 @@ class Throughput:
     acks: Counter[str] = field(default_factory=Counter)
     grew: dict[str, int] = field(default_factory=dict)
     expected_obs: int = 0
+    #: CPU seconds used during the run by `lods serve` (with its child processes) and by
+    #: this benchmark's own sending threads.
+    server_cpu: float = math.nan
+    client_cpu: float = math.nan
 
     @property
     def rate(self) -> float:
@@ -718,7 +749,11 @@ def run_backend(backend: str, database_url: str, args: argparse.Namespace) -> Ou
                 run = Throughput(window)
                 outcome.runs.append(run)
                 before = counts(reader)
+                pid = setup.server.proc.pid if setup.server.proc else 0
+                server_before, client_before = process_cpu(pid), sum(os.times()[:2])
                 throughput(setup, run, args, tag=f"T{k}")
+                run.server_cpu = process_cpu(pid) - server_before
+                run.client_cpu = sum(os.times()[:2]) - client_before
                 after = counts(reader)
                 run.grew = {t: after[t] - before[t] for t in after}
                 if run.acks["AA"] != args.messages:
@@ -755,14 +790,16 @@ def report(outcomes: list[Outcome], args: argparse.Namespace) -> None:
     print("\nthroughput (messages ACKed after their observations and scores were committed):")
     print(
         f"{'backend':<11} {'window':>6} {'messages':>8} {'seconds':>8} {'msg/s':>7} "
-        f"{'slowest 2 s':>11}  {'scores +':>8} {'obs +':>8}"
+        f"{'slowest 2 s':>11}  {'scores +':>8} {'obs +':>8}  {'server CPU µs/msg':>17} "
+        f"{'client CPU µs/msg':>17}"
     )
     for o in outcomes:
         for r in o.runs:
             print(
                 f"{o.backend:<11} {r.window:>6} {r.messages:>8} {r.seconds:>8.2f} "
                 f"{r.rate:>7.0f} {r.slowest:>11.0f}  {r.grew.get('ews_scores', 0):>8} "
-                f"{r.grew.get('vital_observations', 0):>8}"
+                f"{r.grew.get('vital_observations', 0):>8}  "
+                f"{r.server_cpu / r.messages * 1e6:>17.0f} {r.client_cpu / r.messages * 1e6:>17.0f}"
             )
     print("\nband rise → alert on the board's event stream (ms, from just before sending):")
     print(

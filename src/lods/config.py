@@ -6,7 +6,7 @@ import os
 import secrets
 from functools import lru_cache
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import Field, field_validator
 from pydantic_settings import (
@@ -120,6 +120,12 @@ class Settings(BaseSettings):
     )
     hl7_max_message_bytes: int = Field(
         1_048_576, ge=1024, description="Largest HL7 message the listener accepts"
+    )
+    hl7_scoring: Literal["process", "inline"] = Field(
+        "process",
+        description="Where the MLLP listener scores new readings before it ACKs: 'process' "
+        "(a scorer process beside the listener, for throughput) or 'inline' (in the intake "
+        "transaction)",
     )
     mqtt_host: str | None = Field(
         None, description="MQTT broker of the room sensors, e.g. 127.0.0.1; unset: no MQTT"

@@ -58,8 +58,12 @@ def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
     cur.close()
 
 
-def make_engine(url: str, **kwargs: Any) -> Engine:
-    """Create an engine for `url` with the settings Lods relies on."""
+def make_engine(url: str, *, reads_first: bool = False, **kwargs: Any) -> Engine:
+    """Create an engine for `url` with the settings Lods relies on.
+
+    On SQLite every transaction takes the write lock when it begins, unless `reads_first`:
+    then it starts as a reader (a snapshot; writers go on meanwhile) and a write in it may
+    fail with SQLITE_BUSY — for work that reads first and writes elsewhere."""
     if url.startswith("sqlite"):
         engine = create_engine(
             url, connect_args={"check_same_thread": False, "timeout": 30}, **kwargs
@@ -68,7 +72,8 @@ def make_engine(url: str, **kwargs: Any) -> Engine:
         # pysqlite's own transaction handling defers BEGIN. We emit BEGIN IMMEDIATE so a
         # transaction takes the write lock up front: a deferred one that reads and then
         # writes fails with SQLITE_BUSY when another writer got in between.
-        event.listen(engine, "begin", lambda conn: conn.exec_driver_sql("BEGIN IMMEDIATE"))
+        begin = "BEGIN" if reads_first else "BEGIN IMMEDIATE"
+        event.listen(engine, "begin", lambda conn: conn.exec_driver_sql(begin))
 
         @event.listens_for(engine, "connect")
         def _no_autobegin(dbapi_conn: Any, _record: Any) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 from dataclasses import dataclass
 
 from sqlalchemy import Engine
@@ -30,3 +31,12 @@ class Runtime:
 
     def close(self) -> None:
         self.engine.dispose()
+
+
+def settle_garbage_collector() -> None:
+    """Leave start-up's objects (app, metadata, compiled statements) out of every later
+    collection (`gc.freeze`) and collect young objects less often: with thousands of
+    monitor messages a second, the cyclic collector otherwise costs ~15 % of the intake."""
+    gc.collect()
+    gc.freeze()
+    gc.set_threshold(50_000, 20, 100)

@@ -4,7 +4,6 @@ room-sensor MQTT client and the alert ticker, started and stopped together."""
 
 from __future__ import annotations
 
-import gc
 import logging
 import signal
 from collections.abc import Iterator
@@ -20,7 +19,7 @@ from lods.imaging.scp import DicomServer
 from lods.imaging.stable import StableStudyWatcher
 from lods.jobs.executor import EmbeddedExecutor
 from lods.routing.router import StudyRouter
-from lods.runtime import Runtime
+from lods.runtime import Runtime, settle_garbage_collector
 
 log = logging.getLogger(__name__)
 
@@ -110,15 +109,6 @@ def make_http_server(runtime: Runtime, *, log_level: str = "info") -> uvicorn.Se
         proxy_headers=False,
     )
     return uvicorn.Server(config)
-
-
-def settle_garbage_collector() -> None:
-    """Leave start-up's objects (app, metadata, compiled statements) out of every later
-    collection (`gc.freeze`) and collect young objects less often: with thousands of
-    monitor messages a second, the cyclic collector otherwise costs ~15 % of the intake."""
-    gc.collect()
-    gc.freeze()
-    gc.set_threshold(50_000, 20, 100)
 
 
 def serve(runtime: Runtime, server: uvicorn.Server) -> None:

@@ -46,8 +46,10 @@ def ward(sqlite_runtime: Runtime) -> Ward:
 
 
 def start_listener(rt: Runtime, **settings: object) -> Hl7Listener:
-    if settings:
-        rt = replace(rt, settings=rt.settings.model_copy(update=settings))
+    # Scoring in the intake transaction: these tests are about framing and answers; the
+    # scorer process has its own tests (test_scorer.py) and runs in every `lods serve`.
+    settings = {"hl7_scoring": "inline", **settings}
+    rt = replace(rt, settings=rt.settings.model_copy(update=settings))
     listener = Hl7Listener(rt)
     listener.start()
     return listener

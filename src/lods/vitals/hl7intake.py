@@ -257,10 +257,17 @@ def _beds_by_location(
                 Bed.code.in_(bed_codes),
                 Bed.is_active.is_(True),
             )
-            .order_by(Bed.id, Encounter.id)
+        )
+        # Sorted here, not by SQL: with ORDER BY bed, encounter SQLite's planner joins the
+        # encounters through their state index, visiting every active encounter per bed.
+        # Every bed of the wards: a ward has tens of beds, and one statement (no list of bed
+        # codes) is compiled once.
+        ordered = sorted(
+            (r for r in rows if r[1] in bed_codes),
+            key=lambda r: (r[0], r[6] is not None, r[6] or 0),
         )
         by_bed: dict[int, _Place] = {}
-        for bed_id, bed_code, ward_id, ward_code, site_id, site_code, *who in rows:
+        for bed_id, bed_code, ward_id, ward_code, site_id, site_code, *who in ordered:
             place = by_bed.get(bed_id)
             if place is None:
                 place = by_bed[bed_id] = _Place(bed_id, ward_id, site_id, site_code)
@@ -312,9 +319,15 @@ def _oru_summary(readings: Sequence[hl7in.VitalReading]) -> str:
 
 
 def _store_oru_run(
-    db: Session, plans: list[_OruPlan], *, received_at: datetime, settings: Any
+    db: Session,
+    plans: list[_OruPlan],
+    *,
+    received_at: datetime,
+    settings: Any,
+    score_later: list[int] | None,
 ) -> None:
-    """Check and store a run of ORU messages with bulk inserts; sets each plan's answer."""
+    """Check and store a run of ORU messages with bulk inserts; sets each plan's answer.
+    The patients with new readings are scored here, or added to `score_later`."""
     locations = [
         p.message.visit.location for p in plans if p.message.visit and p.message.visit.location
     ]
@@ -396,12 +409,11 @@ def _store_oru_run(
             conn, sorted({row["message_fk"] for row in observation_rows}), received_at=received_at
         )
     stored = [p for p in plans if p.patient is not None and p.place is not None and p.readings]
-    score_patients(
-        db,
-        patient_fks=[p.patient.patient_fk for p in stored if p.patient is not None],
-        now=received_at,
-        settings=settings,
-    )
+    patient_fks = [p.patient.patient_fk for p in stored if p.patient is not None]
+    if score_later is not None:
+        score_later.extend(patient_fks)
+    else:
+        score_patients(db, patient_fks=patient_fks, now=received_at, settings=settings)
     for ward_id, bed_id in sorted({(p.place.ward_id, p.place.bed_id) for p in stored if p.place}):
         publish_after_commit(db, ward_id, {"type": "vitals", "bed_id": bed_id})
 
@@ -575,11 +587,15 @@ def intake_hl7(
     *,
     now: datetime | None = None,
     settings: Any = None,
+    score_later: list[int] | None = None,
 ) -> list[Answer]:
     """Handle a batch of HL7 messages in the caller's transaction and return each one's
     answer, in order. Everything is kept in `hl7_messages` with its answer (duplicates are
     not stored again). ORU runs are stored in bulk; ADT messages between them are applied
-    in order, so an ORU after an admit in the same batch finds the patient in the bed."""
+    in order, so an ORU after an admit in the same batch finds the patient in the bed.
+
+    Patients with new readings are scored in the transaction, or — given `score_later` —
+    appended to it for the caller to have scored (the listener's scorer process)."""
     received_at = now or utcnow()
     settings = settings_or_default(settings)
     answers: list[Answer | None] = [None] * len(inbound)
@@ -592,7 +608,9 @@ def intake_hl7(
 
     def flush_run() -> None:
         if run:
-            _store_oru_run(db, run, received_at=received_at, settings=settings)
+            _store_oru_run(
+                db, run, received_at=received_at, settings=settings, score_later=score_later
+            )
             for plan in run:
                 answers[plan.index] = plan.answer
             run.clear()

@@ -13,6 +13,12 @@ scores) is on disk, and one commit (one fsync) serves many messages. A sender th
 for each ACK has one message in a batch, so the rate grows with the number of
 connections (or with senders that pipeline several messages before reading the ACKs).
 
+Scoring: with `LODS_HL7_SCORING=process` (the default) the batch's transaction stores a
+score request instead of the scores, and the scorer process (`lods.vitals.scorer`) scores
+it on the other core while the writer goes on with the next batch; the batch's ACKs wait
+until it is scored. ACKs leave in the order the batches were stored, so a connection's
+answers stay in order. With `inline`, scores are stored in the batch's own transaction.
+
 A batch whose transaction fails is retried message by message, so one message that
 breaks the database does not take the others with it; a message that still fails is
 answered AE. The listener never stops on bad input: every complete message is answered.
@@ -28,12 +34,19 @@ import logging
 import queue
 import threading
 import time
-from dataclasses import dataclass
+from collections import deque
+from dataclasses import dataclass, field
 from typing import Any
 
+from sqlalchemy.orm import Session
+
+from lods.alerts.live import HUB
+from lods.db import utcnow
 from lods.runtime import Runtime
 from lods.vitals import hl7in
 from lods.vitals.hl7intake import Answer, Inbound, intake_hl7
+from lods.vitals.models import ScoreRequest
+from lods.vitals.scorer import Event, Request, ScorerProcess, WriteTurns
 
 log = logging.getLogger(__name__)
 
@@ -98,6 +111,17 @@ class _Job:
     connection: _Connection
 
 
+@dataclass
+class _Stored:
+    """A stored batch whose ACKs wait for its score requests (and for the batches before
+    it)."""
+
+    batch: list[_Job]
+    answers: list[Answer]
+    #: The score requests stored with it, by id.
+    requests: dict[int, Request] = field(default_factory=dict)
+
+
 _STOP = object()
 
 
@@ -124,6 +148,13 @@ class Hl7Listener:
         self._port = 0
         #: Messages answered since start, by MSA-1 (for the log and tests).
         self.answered: dict[str, int] = {"AA": 0, "AE": 0, "AR": 0}
+        self.scorer: ScorerProcess | None = None
+        #: Stored batches not yet answered, oldest first; guarded by `_release_lock`.
+        self._unanswered: deque[_Stored] = deque()
+        self._scored: set[int] = set()
+        self._release_lock = threading.Lock()
+        self._all_answered = threading.Condition(self._release_lock)
+        self._turns: WriteTurns | None = None
 
     @property
     def port(self) -> int:
@@ -136,6 +167,10 @@ class Hl7Listener:
         """Bind and serve in background threads; raises if the port cannot be bound."""
         if self._loop_thread is not None:
             return
+        if self.settings.hl7_scoring == "process":
+            self.scorer = ScorerProcess(self.settings, self._on_scored)
+            self.scorer.start()
+            self._turns = WriteTurns(self.settings)
         self._writer_thread = threading.Thread(target=self._write, name="hl7-writer", daemon=True)
         self._writer_thread.start()
         self._loop_thread = threading.Thread(target=self._serve, name="hl7-mllp", daemon=True)
@@ -147,6 +182,7 @@ class Hl7Listener:
             self._writer_thread.join(10)
             self._loop_thread.join(10)
             self._loop_thread = self._writer_thread = None
+            self._stop_scorer()
             raise error
         log.info("HL7 MLLP listener on %s:%d", self.settings.host, self._port)
 
@@ -160,6 +196,9 @@ class Hl7Listener:
         self._queue.put(_STOP)
         if self._writer_thread is not None:
             self._writer_thread.join(30)
+        with self._all_answered:  # stored batches still being scored
+            self._all_answered.wait_for(lambda: not self._unanswered, timeout=30)
+        self._stop_scorer()
         with contextlib.suppress(RuntimeError):
             loop.call_soon_threadsafe(loop.stop)
         thread.join(10)
@@ -193,6 +232,14 @@ class Hl7Listener:
             with contextlib.suppress(Exception):
                 loop.run_until_complete(loop.shutdown_asyncgens())
             loop.close()
+
+    def _stop_scorer(self) -> None:
+        if self.scorer is not None:
+            self.scorer.stop()
+            self.scorer = None
+        if self._turns is not None:
+            self._turns.close()
+            self._turns = None
 
     async def _close(self) -> None:
         if self._server is not None:
@@ -256,34 +303,89 @@ class Hl7Listener:
                 break
             batch, stopping = self._collect(item)
             try:
-                answers = self._store(batch)
+                stored = self._store(batch)
             except Exception:  # never let the writer die
                 log.exception("HL7 batch failed")
-                answers = [NOT_STORED] * len(batch)
-            try:
-                self._reply(batch, answers)
-            except Exception:
-                log.exception("answering an HL7 batch failed")
+                stored = _Stored(batch, [NOT_STORED] * len(batch))
+            self._release(stored)
 
-    def _store(self, batch: list[_Job]) -> list[Answer]:
+    def _store(self, batch: list[_Job]) -> _Stored:
         inbound = [job.inbound for job in batch]
+        stored = _Stored(batch, [])
         try:
-            with self.runtime.sessions() as db, db.begin():
-                return intake_hl7(db, inbound, settings=self.settings)
+            with self._turn(), self.runtime.sessions() as db, db.begin():
+                stored.answers = self._intake(db, inbound, stored.requests)
+            return stored
         except Exception:
+            stored.requests.clear()
             if len(batch) == 1:
                 log.exception("HL7 message %s not stored", inbound[0].message.header.control_id)
-                return [NOT_STORED]
+                stored.answers = [NOT_STORED]
+                return stored
             log.warning("HL7 batch of %d failed; storing one by one", len(batch), exc_info=True)
-        answers: list[Answer] = []
         for item in inbound:
+            requests: dict[int, Request] = {}
             try:
-                with self.runtime.sessions() as db, db.begin():
-                    answers.append(intake_hl7(db, [item], settings=self.settings)[0])
+                with self._turn(), self.runtime.sessions() as db, db.begin():
+                    stored.answers += self._intake(db, [item], requests)
+                stored.requests.update(requests)
             except Exception:
                 log.exception("HL7 message %s not stored", item.message.header.control_id)
-                answers.append(NOT_STORED)
+                stored.answers.append(NOT_STORED)
+        return stored
+
+    def _turn(self) -> contextlib.AbstractContextManager[None]:
+        return self._turns.turn() if self._turns is not None else contextlib.nullcontext()
+
+    def _intake(
+        self, db: Session, inbound: list[Inbound], requests: dict[int, Request]
+    ) -> list[Answer]:
+        """Store `inbound` in `db`'s transaction. With a scorer, the patients to score go
+        into a request row (added to `requests`), sent to the scorer after commit."""
+        if self.scorer is None:
+            return intake_hl7(db, inbound, settings=self.settings)
+        now = utcnow()
+        patients: list[int] = []
+        answers = intake_hl7(db, inbound, now=now, settings=self.settings, score_later=patients)
+        if patients:
+            request = ScoreRequest(patient_fks=sorted(set(patients)), requested_at=now)
+            db.add(request)
+            db.flush()
+            requests[request.id] = Request(request.id, tuple(request.patient_fks), now)
         return answers
+
+    # --- answers (writer thread and the scorer's reader thread) -------------------------------
+
+    def _release(self, stored: _Stored) -> None:
+        """Queue a stored batch for answering and send its score requests; answer every
+        batch at the head of the queue whose scores are stored."""
+        with self._release_lock:
+            self._unanswered.append(stored)
+        if self.scorer is not None:
+            for request_id in sorted(stored.requests):
+                self.scorer.submit(stored.requests[request_id])
+        self._answer_ready()
+
+    def _on_scored(self, ids: list[int], events: list[Event]) -> None:
+        for ward_id, payload in events:
+            HUB.publish(ward_id, payload)
+        with self._release_lock:
+            self._scored.update(ids)
+        self._answer_ready()
+
+    def _answer_ready(self) -> None:
+        with self._all_answered:
+            while self._unanswered:
+                head = self._unanswered[0]
+                if not self._scored.issuperset(head.requests):
+                    break
+                self._unanswered.popleft()
+                self._scored.difference_update(head.requests)
+                try:
+                    self._reply(head.batch, head.answers)
+                except Exception:
+                    log.exception("answering an HL7 batch failed")
+            self._all_answered.notify_all()
 
     def _reply(self, batch: list[_Job], answers: list[Answer]) -> None:
         out: list[tuple[_Connection, bytes]] = []

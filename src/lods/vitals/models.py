@@ -88,6 +88,23 @@ class Hl7Message(Base):
     raw: Mapped[str] = mapped_column(Text)
 
 
+class ScoreRequest(Base):
+    """Patients whose new readings are stored but not yet scored: written in the intake
+    transaction when scoring runs in the scorer process (`lods.vitals.scorer`), deleted in
+    the transaction that stores their scores. What is left after a crash is scored when
+    the scorer starts again."""
+
+    __tablename__ = "vitals_score_requests"
+    # Ids only grow (SQLite would otherwise reuse a deleted one): the listener matches the
+    # scorer's answers to its batches by id.
+    __table_args__ = {"sqlite_autoincrement": True}
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    patient_fks: Mapped[list[int]] = mapped_column(JSON)
+    #: The intake time: scores are computed as of it.
+    requested_at: Mapped[datetime] = mapped_column(UTCDateTime)
+
+
 class VitalObservation(Base):
     """One vital-sign value. Invalid readings (OBX-11 X, device sentinels) are kept with
     their reason and never scored."""

@@ -254,11 +254,14 @@ def _work_statement() -> Any:
             SolutionVersion.package_path,
         )
         .join(Patient, Patient.id == Encounter.patient_fk)
-        .join(Deployment, Deployment.site_fk == Encounter.site_id)
+        # `site_id + 0` and `state || ''` keep SQLite from reaching the encounters through
+        # the site or state index (every encounter the hospital ever had, or every patient
+        # in a bed) instead of through the patients'.
+        .join(Deployment, Deployment.site_fk == Encounter.site_id + 0)
         .join(SolutionVersion, SolutionVersion.id == Deployment.version_fk)
         .where(
             Encounter.patient_fk.in_(bindparam("patients", expanding=True)),
-            Encounter.state == EncounterState.ACTIVE.value,
+            Encounter.state + "" == EncounterState.ACTIVE.value,
             Deployment.state == DeploymentState.ACTIVE.value,
             SolutionVersion.state == VersionState.APPROVED.value,
             SolutionVersion.integrity_failed_at.is_(None),
@@ -591,10 +594,33 @@ def score_after_intake(
     """Score each patient's newest valid readings with the early-warning solutions
     deployed at the patient's site; return the scores stored (none without a deployment),
     read back as rows — unless `returning` is False (the intake paths: they need none)."""
+    plan = plan_scores(db, patient_fks=patient_fks, now=now, settings=settings)
+    return store_scores(db, plan, settings=settings, returning=returning)
+
+
+@dataclass
+class ScorePlan:
+    """Scores worked out from what the database held (`plan_scores`), not yet stored."""
+
+    now: datetime
+    stored: list[_Scored] = field(default_factory=list)
+    #: Complete scores of live deployments: they may raise a band alert.
+    alerting: list[_Scored] = field(default_factory=list)
+    #: {(encounter, deployment): band of the previous complete score}.
+    previous: dict[tuple[int, int], str | None] = field(default_factory=dict)
+
+
+def plan_scores(
+    db: Session, *, patient_fks: Collection[int], now: datetime, settings: Settings
+) -> ScorePlan:
+    """Read what scoring needs and run the packages; writes nothing unless a package is
+    due for its integrity check (`_load_package`). The scorer process runs this in a read
+    transaction, so the database's write lock is held only by `store_scores`."""
     now = now if now.tzinfo else now.replace(tzinfo=UTC)
+    plan = ScorePlan(now)
     candidates = _work(db, sorted(set(patient_fks)))
     if not candidates:
-        return []
+        return plan
     packages: dict[int, _Package] = {}
     for deployment in {d.version_id: d for _, d in candidates}.values():
         package = _load_package(db, settings, deployment, now)
@@ -602,7 +628,7 @@ def score_after_intake(
             packages[deployment.version_id] = package
     work = [(e, d) for e, d in candidates if d.version_id in packages]
     if not work:
-        return []
+        return plan
     patients = sorted({e.patient_fk for e, _ in work})
     options = options_in_force_many(db, patient_fks=patients)
     needs = {n for p in packages.values() for n in p.needs}
@@ -610,7 +636,6 @@ def score_after_intake(
     readings = _newest_readings(
         db, patients, sorted(needs, key=lambda n: n.key), since=now - lookback, now=now
     )
-    stored: list[_Scored] = []
     batches: dict[int, list[_Encounter]] = defaultdict(list)
     for encounter, deployment in work:
         package = packages[deployment.version_id]
@@ -620,21 +645,30 @@ def score_after_intake(
             batches[deployment.id].append(encounter)
             continue
         row = _skip_row(encounter, deployment, package, reason, patient_options, now)
-        stored.append(_Scored(row, encounter, deployment, {}, {}))
+        plan.stored.append(_Scored(row, encounter, deployment, {}, {}))
     deployments = {d.id: d for _, d in work}
     for deployment_id, batch in batches.items():
         deployment = deployments[deployment_id]
-        stored += _score_batch(
+        plan.stored += _score_batch(
             packages[deployment.version_id], deployment, batch, readings, options, now
         )
-    alerting = [s for s in stored if s.score.complete and not s.deployment.shadow]
-    previous = _previous_complete(
+    plan.alerting = [s for s in plan.stored if s.score.complete and not s.deployment.shadow]
+    plan.previous = _previous_complete(
         db,
-        [(s.encounter.patient_fk, s.encounter.id, s.deployment.id) for s in alerting],
+        [(s.encounter.patient_fk, s.encounter.id, s.deployment.id) for s in plan.alerting],
         since=now - PRIOR_HORIZON,
     )
-    _insert(db, [s.score for s in stored])
-    for item in stored:
+    return plan
+
+
+def store_scores(
+    db: Session, plan: ScorePlan, *, settings: Settings, returning: bool = False
+) -> list[EarlyWarningScore]:
+    """Store a plan's scores, raise band alerts, close overdue reminders, and tell the
+    board once committed; the stored rows when `returning`."""
+    now = plan.now
+    _insert(db, [s.score for s in plan.stored])
+    for item in plan.stored:
         if not item.deployment.shadow and item.encounter.ward_fk is not None:
             publish_after_commit(
                 db,
@@ -646,15 +680,15 @@ def score_after_intake(
                     "band": item.score.band,
                 },
             )
-    for item in alerting:
-        prior = previous.get((item.encounter.id, item.deployment.id))
+    for item in plan.alerting:
+        prior = plan.previous.get((item.encounter.id, item.deployment.id))
         _alert_on_rise(db, item, prior, now=now, settings=settings)
     _resolve_overdue(
-        db, {s.encounter.id for s in alerting}, now=now, resolution="a complete set arrived"
+        db, {s.encounter.id for s in plan.alerting}, now=now, resolution="a complete set arrived"
     )
-    if not returning:
+    if not returning or not plan.stored:
         return []
-    ids = [s.score.id for s in stored]
+    ids = [s.score.id for s in plan.stored]
     found = {
         row.id: row
         for row in db.scalars(select(EarlyWarningScore).where(EarlyWarningScore.id.in_(ids)))
@@ -752,8 +786,9 @@ def _alert_on_rise(
 
 @functools.cache
 def _open_overdue_statement() -> Any:
+    # Subjects "ews-overdue:<encounter>" belong to overdue reminders only; with a filter on
+    # the kind as well, SQLite reads every reminder ever raised through the kind's index.
     return select(Alert.id).where(
-        Alert.kind == OVERDUE_KIND,
         Alert.subject.in_(bindparam("subjects", expanding=True)),
         Alert.state != AlertState.RESOLVED.value,
     )
