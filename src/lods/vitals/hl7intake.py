@@ -20,11 +20,11 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Connection, Table, bindparam, insert, select
+from sqlalchemy import Table, insert, select
 from sqlalchemy.orm import Session
 
 from lods.alerts.live import publish_after_commit
-from lods.db import utcnow
+from lods.db import bulk_insert, utcnow
 from lods.imaging.models import Patient
 from lods.sites.models import Bed, Department, Site
 from lods.sites.service import BED_KINDS
@@ -55,10 +55,13 @@ LOOKUP_CHUNK = 500
 
 @dataclass(frozen=True)
 class Inbound:
-    """One message as the listener read it, and the peer it came from."""
+    """One message as the listener read it, and the peer it came from; for an ORU the
+    listener may have read its vital signs already (`hl7in.vital_readings`, with the
+    `received_at` it passes to `intake_hl7`)."""
 
     message: hl7in.ParsedMessage | hl7in.Rejected
     source: str = ""
+    readings: list[hl7in.VitalReading] | None = None
 
 
 @dataclass(frozen=True)
@@ -69,64 +72,6 @@ class Answer:
     text: str = ""
     error_code: str | None = None
     duplicate: bool = False
-
-
-_INSERTS: dict[tuple[str, str, tuple[str, ...]], tuple[str, tuple[str, ...] | None]] = {}
-
-
-def _memoised(processor: Any, values: list[Any]) -> list[Any]:
-    memo: dict[Any, Any] = {}
-    out: list[Any] = []
-    for value in values:
-        try:
-            done = memo[value]
-        except KeyError:
-            done = memo[value] = processor(value)
-        except TypeError:  # unhashable
-            done = processor(value)
-        out.append(done)
-    return out
-
-
-def bulk_insert(conn: Connection, table: Table, rows: list[dict[str, Any]]) -> None:
-    """INSERT `rows` (dicts with the same keys) with one DBAPI executemany (PostgreSQL:
-    one COPY).
-
-    The same as `conn.execute(insert(table), rows)` at a fraction of the cost per row: the
-    statement is compiled once per dialect, parameters are assembled column by column,
-    and each column's bind processor (e.g. datetime → SQLite text) runs once per distinct
-    value, not once per row — monitor readings of one message share their times.
-    """
-    if not rows:
-        return
-    keys = tuple(rows[0])
-    dialect = conn.dialect
-    cache_key = (dialect.name, table.name, keys)
-    cached = _INSERTS.get(cache_key)
-    if cached is None:
-        compiled = insert(table).values({k: bindparam(k) for k in keys}).compile(dialect=dialect)
-        positions = compiled.positiontup if compiled.positional else None
-        cached = _INSERTS[cache_key] = (str(compiled), tuple(positions) if positions else None)
-    sql, order = cached
-    names = order or keys
-    columns: list[list[Any]] = []
-    for name in names:
-        values = [row[name] for row in rows]
-        processor = table.c[name].type.dialect_impl(dialect).bind_processor(dialect)
-        columns.append(_memoised(processor, values) if processor is not None else values)
-    tuples = list(zip(*columns, strict=True))
-    if dialect.name == "postgresql":
-        # COPY: one stream for the whole batch; executemany costs a round of the server's
-        # statement machinery per row (~35 µs each on loopback).
-        cursor = conn.connection.driver_connection.cursor()  # type: ignore[union-attr]
-        with cursor, cursor.copy(f"COPY {table.name} ({', '.join(names)}) FROM STDIN") as copy:
-            for row_values in tuples:
-                copy.write_row(row_values)
-        return
-    if order is not None:
-        conn.exec_driver_sql(sql, tuples)
-    else:
-        conn.exec_driver_sql(sql, [dict(zip(names, v, strict=True)) for v in tuples])
 
 
 def _key(header: hl7in.Header) -> tuple[str, str] | None:
@@ -208,6 +153,7 @@ class _OruPlan:
     place: _Place | None = None
     patient: _Occupant | None = None
     readings: list[hl7in.VitalReading] = field(default_factory=list)
+    read_before: list[hl7in.VitalReading] | None = None
 
 
 def _site_codes(db: Session) -> frozenset[str]:
@@ -363,7 +309,11 @@ def _store_oru_run(
             )
             continue
         plan.place, plan.patient = place, here
-        plan.readings = hl7in.vital_readings(plan.message, received_at=received_at)
+        plan.readings = (
+            plan.read_before
+            if plan.read_before is not None
+            else hl7in.vital_readings(plan.message, received_at=received_at)
+        )
         plan.answer = Answer("AA", _oru_summary(plan.readings))
     message_rows = [
         _message_row(p.message.header, p.message.raw, p.answer, received_at) for p in plans
@@ -631,7 +581,7 @@ def intake_hl7(
             answers[index] = answer
             other_rows.append(_message_row(message.header, message.raw, answer, received_at))
         elif message.is_oru:
-            run.append(_OruPlan(index, message, Answer("AE")))
+            run.append(_OruPlan(index, message, Answer("AE"), read_before=item.readings))
         else:
             flush_run()
             answer = handle_adt(db, message, received_at=received_at, source=item.source)

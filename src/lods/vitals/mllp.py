@@ -3,10 +3,12 @@
 Two threads. An asyncio server (its own event loop) accepts any number of connections,
 cuts each byte stream into messages (`hl7in.MllpFramer`: garbage before a start block is
 skipped, a message waits for its end block, one closed mid-message is dropped unanswered
-— the sender sends it again — and an oversize one is answered AR once it ends) and reads
-them (`hl7in.read`). One writer thread stores them with group commit: it takes what is
-queued (up to `BATCH_SIZE` messages, waiting at most `BATCH_WAIT` seconds for more while
-some connection has not yet sent one), handles the batch in one transaction
+— the sender sends it again — and an oversize one is answered AR once it ends), and
+writes the ACKs, one write per connection and batch. One writer thread stores them with
+group commit: it takes what is queued (up to `BATCH_SIZE` messages, waiting at most
+`BATCH_WAIT` seconds for more while some connection has not yet sent one), reads them
+and their vital signs (`hl7in.read`, `hl7in.vital_readings`; before the transaction, so
+SQLite's write lock is held only to store), handles the batch in one transaction
 (`hl7intake.intake_hl7`) and only after the commit releases the ACKs, in order per
 connection. So an ACK always means the message (its `hl7_messages` row, observations and
 scores) is on disk, and one commit (one fsync) serves many messages. A sender that waits
@@ -36,6 +38,7 @@ import threading
 import time
 from collections import deque
 from dataclasses import dataclass, field
+from datetime import datetime
 from typing import Any
 
 from sqlalchemy.orm import Session
@@ -51,7 +54,7 @@ from lods.vitals.scorer import Event, Request, ScorerProcess, WriteTurns
 log = logging.getLogger(__name__)
 
 #: Most messages handled in one transaction.
-BATCH_SIZE = 200
+BATCH_SIZE = 64
 #: Longest the writer waits for more messages to join a batch (seconds).
 BATCH_WAIT = 0.005
 #: A connection with this many unanswered messages is not read until it is down to
@@ -95,11 +98,11 @@ class _Connection(asyncio.Protocol):
             self.transport.pause_reading()
             self.paused = True
 
-    def answered(self, ack: bytes) -> None:
-        self.outstanding -= 1
+    def answered(self, acks: list[bytes]) -> None:
+        self.outstanding -= len(acks)
         if self.transport is None or self.transport.is_closing():
             return
-        self.transport.write(ack)
+        self.transport.write(b"".join(acks))
         if self.paused and self.outstanding <= RESUME_AT:
             self.transport.resume_reading()
             self.paused = False
@@ -107,8 +110,10 @@ class _Connection(asyncio.Protocol):
 
 @dataclass
 class _Job:
-    inbound: Inbound
+    frame: hl7in.Frame
     connection: _Connection
+    #: The message as read (by the writer, before it takes the database's write lock).
+    inbound: Inbound | None = None
 
 
 @dataclass
@@ -254,6 +259,13 @@ class Hl7Listener:
     # --- in (event loop thread) ---------------------------------------------------------------
 
     def _submit(self, conn: _Connection, frame: hl7in.Frame) -> None:
+        conn.outstanding += 1
+        self._queue.put(_Job(frame, conn))
+
+    def _read(self, job: _Job, received_at: datetime | None = None) -> Inbound:
+        """The job's message read (parsed, or rejected with the reason), with an ORU's vital
+        signs when `received_at` is given."""
+        frame = job.frame
         try:
             if frame.oversize:
                 message: hl7in.ParsedMessage | hl7in.Rejected = hl7in.oversize(
@@ -267,8 +279,10 @@ class Hl7Listener:
             message = hl7in.Rejected(
                 raw, hl7in.peek_header(raw), f"cannot read ({exc!r})", hl7in.ERR_INTERNAL
             )
-        conn.outstanding += 1
-        self._queue.put(_Job(Inbound(message, conn.peer), conn))
+        readings = None
+        if received_at is not None and isinstance(message, hl7in.ParsedMessage) and message.is_oru:
+            readings = hl7in.vital_readings(message, received_at=received_at)
+        return Inbound(message, job.connection.peer, readings)
 
     # --- the writer thread --------------------------------------------------------------------
 
@@ -310,11 +324,15 @@ class Hl7Listener:
             self._release(stored)
 
     def _store(self, batch: list[_Job]) -> _Stored:
-        inbound = [job.inbound for job in batch]
+        # Read before the transaction: on SQLite the write lock is held only for storing.
+        now = utcnow()
+        for job in batch:
+            job.inbound = self._read(job, now)
+        inbound = [job.inbound for job in batch if job.inbound is not None]
         stored = _Stored(batch, [])
         try:
             with self._turn(), self.runtime.sessions() as db, db.begin():
-                stored.answers = self._intake(db, inbound, stored.requests)
+                stored.answers = self._intake(db, inbound, now, stored.requests)
             return stored
         except Exception:
             stored.requests.clear()
@@ -327,7 +345,7 @@ class Hl7Listener:
             requests: dict[int, Request] = {}
             try:
                 with self._turn(), self.runtime.sessions() as db, db.begin():
-                    stored.answers += self._intake(db, [item], requests)
+                    stored.answers += self._intake(db, [item], now, requests)
                 stored.requests.update(requests)
             except Exception:
                 log.exception("HL7 message %s not stored", item.message.header.control_id)
@@ -338,13 +356,12 @@ class Hl7Listener:
         return self._turns.turn() if self._turns is not None else contextlib.nullcontext()
 
     def _intake(
-        self, db: Session, inbound: list[Inbound], requests: dict[int, Request]
+        self, db: Session, inbound: list[Inbound], now: datetime, requests: dict[int, Request]
     ) -> list[Answer]:
         """Store `inbound` in `db`'s transaction. With a scorer, the patients to score go
         into a request row (added to `requests`), sent to the scorer after commit."""
         if self.scorer is None:
-            return intake_hl7(db, inbound, settings=self.settings)
-        now = utcnow()
+            return intake_hl7(db, inbound, now=now, settings=self.settings)
         patients: list[int] = []
         answers = intake_hl7(db, inbound, now=now, settings=self.settings, score_later=patients)
         if patients:
@@ -388,16 +405,15 @@ class Hl7Listener:
             self._all_answered.notify_all()
 
     def _reply(self, batch: list[_Job], answers: list[Answer]) -> None:
-        out: list[tuple[_Connection, bytes]] = []
+        # One write per connection: its ACKs in order, joined.
+        out: dict[_Connection, list[bytes]] = {}
         for job, answer in zip(batch, answers, strict=True):
             self.answered[answer.code] = self.answered.get(answer.code, 0) + 1
+            inbound = job.inbound or self._read(job)
             ack = hl7in.build_ack(
-                job.inbound.message.header,
-                answer.code,
-                answer.text,
-                error_code=answer.error_code,
+                inbound.message.header, answer.code, answer.text, error_code=answer.error_code
             )
-            out.append((job.connection, hl7in.frame(ack)))
+            out.setdefault(job.connection, []).append(hl7in.frame(ack))
         loop = self._loop
         if loop is None:
             return
@@ -405,6 +421,6 @@ class Hl7Listener:
             loop.call_soon_threadsafe(_deliver, out)
 
 
-def _deliver(out: list[tuple[_Connection, bytes]]) -> None:
-    for conn, ack in out:
-        conn.answered(ack)
+def _deliver(out: dict[_Connection, list[bytes]]) -> None:
+    for conn, acks in out.items():
+        conn.answered(acks)

@@ -46,13 +46,14 @@ from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import Row, Table, bindparam, insert, select, union_all, update
+from sqlalchemy import Row, Table, bindparam, func, insert, select, union_all, update
 from sqlalchemy.orm import Session
 
 from lods.alerts.live import publish_after_commit
 from lods.alerts.models import Alert, AlertState
 from lods.alerts.service import raise_alert, resolve_by_system
 from lods.config import Settings
+from lods.db import bulk_insert
 from lods.imaging.models import Patient
 from lods.solutions.manifest import InputKind, Manifest, parse_manifest
 from lods.solutions.models import (
@@ -697,16 +698,24 @@ def store_scores(
 
 
 def _insert(db: Session, scores: list[_ScoreRow]) -> None:
-    """Store the new scores with one multi-row INSERT (not the ORM unit of work)."""
+    """Store the new scores with one statement (not the ORM unit of work) and set their
+    ids: on SQLite one executemany with ids after the largest (the transaction holds the
+    database's only write lock, so they are ours), elsewhere a multi-row INSERT
+    RETURNING."""
     if not scores:
         return
     table: Table = EarlyWarningScore.__table__  # type: ignore[assignment]
+    conn = db.connection()
     rows = [{c: getattr(score, c) for c in _SCORE_COLUMNS} for score in scores]
-    ids = (
-        db.connection()
-        .execute(insert(table).returning(table.c.id, sort_by_parameter_order=True), rows)
-        .scalars()
-    )
+    if conn.dialect.name == "sqlite":
+        first = int(conn.execute(select(func.coalesce(func.max(table.c.id), 0))).scalar_one()) + 1
+        for n, (score, row) in enumerate(zip(scores, rows, strict=True)):
+            row["id"] = score.id = first + n
+        bulk_insert(conn, table, rows)
+        return
+    ids = conn.execute(
+        insert(table).returning(table.c.id, sort_by_parameter_order=True), rows
+    ).scalars()
     for score, key in zip(scores, ids, strict=True):
         score.id = key
 
