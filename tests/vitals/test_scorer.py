@@ -8,6 +8,7 @@ from __future__ import annotations
 import os
 import signal
 import socket
+import sys
 import time
 from collections.abc import Iterator
 from dataclasses import replace
@@ -22,6 +23,8 @@ from vitals_support import ack_fields, adt, frame, oru, read_ack
 from lods.alerts.models import Alert
 from lods.runtime import Runtime
 from lods.sites.service import add_bed, add_department, create_site
+from lods.vitals import mllp as mllp_module
+from lods.vitals import scorer as scorer_module
 from lods.vitals.hl7in import decode, read
 from lods.vitals.hl7intake import Inbound, intake_hl7
 from lods.vitals.mllp import Hl7Listener
@@ -182,3 +185,30 @@ def test_a_killed_scorer_is_started_again_and_every_ack_means_scored(
     assert listener.scorer.starts == 2
     assert count(rt, Hl7Message) == 4 + sent
     assert count(rt, ScoreRequest) == 0
+
+
+class _Broken(ScorerProcess):
+    """A scorer process that cannot start (its interpreter exits at once)."""
+
+    def command(self, fd: int) -> list[str]:
+        return [sys.executable, "-c", "raise SystemExit(3)"]
+
+
+def test_a_scorer_that_keeps_dying_is_replaced_by_a_thread(
+    ward: Runtime, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(scorer_module, "RESTART_DELAY", 0.05)
+    monkeypatch.setattr(mllp_module, "ScorerProcess", _Broken)
+    listener = started(ward, "process")
+    try:
+        with connect(listener) as sock:
+            buffer = bytearray()
+            for n in range(2):
+                message = oru(f"f-{n}", "P4", "W7", "4", LOW, ts(n), site="north")
+                assert exchange(sock, message, buffer)[:2] == ("AA", f"f-{n}")
+                assert count(ward, EarlyWarningScore) == n + 1
+        assert listener.scorer is not None and listener.scorer.in_thread
+        assert listener.scorer.starts == scorer_module.FALLBACK_AFTER + 1
+    finally:
+        listener.stop()
+    assert count(ward, ScoreRequest) == 0

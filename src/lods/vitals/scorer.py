@@ -58,6 +58,10 @@ log = logging.getLogger(__name__)
 
 #: Seconds to wait before starting a scorer again after it died.
 RESTART_DELAY = 1.0
+#: A scorer process that ends this often within `FALLBACK_WINDOW` seconds is replaced by a
+#: scorer thread in `lods serve` (slower, but the ACKs go on).
+FALLBACK_AFTER = 3
+FALLBACK_WINDOW = 60.0
 #: Requests scored together at most (one read and one write transaction).
 ROUND_SIZE = 16
 
@@ -111,7 +115,8 @@ class WriteTurns:
 
 class ScorerProcess:
     """Starts the scorer, sends it requests, and reports what it has done to `on_done`
-    (from a reader thread). Starts it again if it dies."""
+    (from a reader thread). Starts it again if it dies; one that keeps dying is replaced
+    by a scorer thread in this process."""
 
     def __init__(self, settings: Settings, on_done: Done) -> None:
         self.settings = settings
@@ -119,12 +124,22 @@ class ScorerProcess:
         self._lock = threading.Lock()
         self._conn: Connection | None = None
         self._process: subprocess.Popen[bytes] | None = None
+        self._thread: threading.Thread | None = None
         self._reader: threading.Thread | None = None
         self._stopping = False
-        #: Ids sent to the current scorer and not yet reported done.
+        #: Ids sent to a scorer and not yet reported done.
         self._sent: set[int] = set()
+        #: Of those, the ones sent before the current scorer started.
+        self._before: set[int] = set()
+        self._deaths: list[float] = []
         #: Scorers started so far (1 unless one died).
         self.starts = 0
+        #: True once scoring has fallen back to a thread of this process.
+        self.in_thread = False
+
+    def command(self, fd: int) -> list[str]:
+        """The scorer process's command line, given its end of the socket pair."""
+        return [sys.executable, "-m", "lods.vitals.scorer", str(fd)]
 
     def start(self) -> None:
         with self._lock:
@@ -133,20 +148,30 @@ class ScorerProcess:
         self._reader.start()
 
     def _launch(self) -> None:
-        """Start a scorer process (the lock is held): `python -m lods.vitals.scorer FD`
-        with one end of a socket pair; the settings are its first message."""
+        """Start a scorer (the lock is held): `python -m lods.vitals.scorer FD` with one end
+        of a socket pair, the settings its first message — or, after the fallback, a
+        thread running the same loop."""
+        self._before = set(self._sent)
+        self.starts += 1
         ours, theirs = socket.socketpair()
-        try:
-            process = subprocess.Popen(
-                [sys.executable, "-m", "lods.vitals.scorer", str(theirs.fileno())],
-                pass_fds=[theirs.fileno()],
+        if self.in_thread:
+            self._conn, self._process = Connection(ours.detach()), None
+            self._thread = threading.Thread(
+                target=_score_in_thread,
+                args=(self.settings, Connection(theirs.detach())),
+                name="hl7-scorer",
+                daemon=True,
             )
+            self._thread.start()
+            return
+        try:
+            process = subprocess.Popen(self.command(theirs.fileno()), pass_fds=[theirs.fileno()])
         finally:
             theirs.close()
         conn = Connection(ours.detach())
-        conn.send((self.settings, logging.getLogger().getEffectiveLevel()))
+        with contextlib.suppress(OSError):  # it died at once: the reader sees the end
+            conn.send((self.settings, logging.getLogger().getEffectiveLevel()))
         self._conn, self._process = conn, process
-        self.starts += 1
 
     def submit(self, request: Request) -> None:
         """Have `request` scored; its row is committed. If the pipe is broken the scorer is
@@ -164,7 +189,7 @@ class ScorerProcess:
     def stop(self, timeout: float = 10.0) -> None:
         with self._lock:
             self._stopping = True
-            conn, process = self._conn, self._process
+            conn, process, thread = self._conn, self._process, self._thread
         if conn is not None:
             with contextlib.suppress(OSError, ValueError):
                 conn.send(("stop",))
@@ -174,6 +199,8 @@ class ScorerProcess:
             except subprocess.TimeoutExpired:
                 process.terminate()
                 process.wait(5)
+        if thread is not None:
+            thread.join(timeout)
         if self._reader is not None:
             self._reader.join(timeout)
         if conn is not None:
@@ -198,11 +225,13 @@ class ScorerProcess:
         kind = message[0]
         if kind == "ready":
             # Requests sent to a scorer that died and no longer in the table were stored by
-            # it before it died; those still there are being scored now.
+            # it before it died; those still there are being scored now. (Requests sent
+            # since are answered by the new scorer.)
             leftover = set(message[1])
             with self._lock:
-                gone = sorted(self._sent - leftover)
+                gone = sorted(self._before - leftover)
                 self._sent -= set(gone)
+                self._before = set()
             if gone:
                 self.on_done(gone, [])
         elif kind == "done":
@@ -217,7 +246,19 @@ class ScorerProcess:
             if self._stopping:
                 return False
             code = self._process.wait() if self._process is not None else None
-        log.error("the scorer process ended (exit code %s); starting it again", code)
+            now = time.monotonic()
+            self._deaths = [t for t in self._deaths if now - t < FALLBACK_WINDOW] + [now]
+            if len(self._deaths) >= FALLBACK_AFTER and not self.in_thread:
+                self.in_thread = True
+                log.error(
+                    "the scorer process ended %d times in %g s (exit code %s); scoring in "
+                    "this process from now on",
+                    len(self._deaths),
+                    FALLBACK_WINDOW,
+                    code,
+                )
+            else:
+                log.error("the scorer ended (exit code %s); starting it again", code)
         time.sleep(RESTART_DELAY)
         with self._lock:
             if self._stopping:
@@ -348,6 +389,19 @@ class _Scorer:
             with self.sessions() as db, db.begin():
                 _forget(db, ids)
         self.conn.send(("done", ids, self.hub.take()))
+
+
+def _score_in_thread(settings: Settings, conn: Connection) -> None:
+    """The fallback: the scorer's loop in a thread of `lods serve`. Board events go to the
+    process's hub directly (its own collector stays empty)."""
+    scorer = _Scorer(settings, conn, _Collector())
+    try:
+        scorer.run()
+    except Exception:
+        log.exception("the scorer thread failed")
+    finally:
+        scorer.close()
+        conn.close()
 
 
 def _forget(db: Session, ids: list[int]) -> None:
