@@ -216,7 +216,8 @@ def test_the_stream_ends_when_the_login_does(
 
 def test_who_may_open_the_stream(app_runtime: Runtime, server: ThreadServer) -> None:
     ward = make_ward(app_runtime)
-    with httpx.Client(base_url=server.base_url) as client:
+    # A generous timeout: the first request to a fresh server on a loaded machine is slow.
+    with httpx.Client(base_url=server.base_url, timeout=30) as client:
         path = f"/wards/{ward.id}/events"
         assert client.get(path).status_code == 401
         assert client.get(path, headers=auth(app_runtime, "rita")).status_code == 403

@@ -13,6 +13,7 @@ import time
 from collections.abc import Iterator
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
+from multiprocessing.connection import Connection
 from pathlib import Path
 
 import pytest
@@ -25,10 +26,11 @@ from lods.runtime import Runtime
 from lods.sites.service import add_bed, add_department, create_site
 from lods.vitals import mllp as mllp_module
 from lods.vitals import scorer as scorer_module
+from lods.vitals import scoring as scoring_module
 from lods.vitals.hl7in import decode, read
 from lods.vitals.hl7intake import Inbound, intake_hl7
 from lods.vitals.mllp import Hl7Listener
-from lods.vitals.models import EarlyWarningScore, Hl7Message, ScoreRequest
+from lods.vitals.models import EarlyWarningScore, Hl7Message, ScoreRequest, VitalObservation
 from lods.vitals.scorer import Request, ScorerProcess, _rounds
 from support_solutions import install_approve_deploy
 
@@ -212,3 +214,37 @@ def test_a_scorer_that_keeps_dying_is_replaced_by_a_thread(
     finally:
         listener.stop()
     assert count(ward, ScoreRequest) == 0
+
+
+def test_a_request_that_cannot_be_scored_is_answered_and_its_readings_kept(
+    ward: Runtime, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    patients: list[int] = []
+    message = read(decode(oru("bad-1", "P1", "W7", "1", LOW, ts(0), site="north").encode()))
+    now = datetime.now(UTC)
+    with ward.sessions() as db, db.begin():
+        intake_hl7(db, [Inbound(message)], now=now, settings=ward.settings, score_later=patients)
+        request = ScoreRequest(patient_fks=patients, requested_at=now)
+        db.add(request)
+        db.flush()
+        request_id = request.id
+
+    def broken(*args: object, **kwargs: object) -> None:
+        raise RuntimeError("a scoring bug")
+
+    monkeypatch.setattr(scoring_module, "plan_scores", broken)
+    monkeypatch.setattr(scoring_module, "score_after_intake", broken)
+    ours, theirs = socket.socketpair()
+    listener_end, scorer_end = Connection(ours.detach()), Connection(theirs.detach())
+    scorer = scorer_module._Scorer(ward.settings, scorer_end, scorer_module._Collector())
+    try:
+        scorer.score([Request(request_id, tuple(patients), now)])
+        assert listener_end.poll(30)
+        assert listener_end.recv() == ("done", [request_id], [])
+    finally:
+        scorer.close()
+        listener_end.close()
+        scorer_end.close()
+    assert count(ward, ScoreRequest) == 0
+    assert count(ward, EarlyWarningScore) == 0
+    assert count(ward, VitalObservation) == len(LOW)

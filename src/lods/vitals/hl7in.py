@@ -306,6 +306,14 @@ class _Invalid(Exception):
 # --- field access -----------------------------------------------------------------------------
 
 
+@lru_cache(maxsize=64)
+def _parse_plan(head: str) -> hl7.parser._ParsePlan:
+    """`create_parse_plan` for a message starting with `head` (MSH, MSH-1, MSH-2 and the
+    field separator after it: all the plan depends on); shared, as python-hl7 never
+    changes a plan."""
+    return create_parse_plan(head)
+
+
 class _Tokens:
     """One message's segments, split on its own delimiters.
 
@@ -314,27 +322,49 @@ class _Tokens:
     gives the same fields as `hl7.parse` (a test checks they agree) at a twentieth of the
     cost — `hl7.parse` builds a container per component and takes about a millisecond per
     monitor message, more than the listener's budget at 2,000 messages a second.
+
+    `plain`: no field (MSH-1 and MSH-2 aside) holds the repetition or subcomponent
+    separator or the escape character, as in a typical monitor message. Then a field's
+    components are simply its `str.split` on the component separator, with nothing to cut
+    or unescape, and `value` and `_obx` take that shortcut.
     """
 
     def __init__(self, raw: str) -> None:
         text = raw.strip()  # as hl7.parse does
         if not text.startswith("MSH") or len(text) < 8:
             raise _Invalid("not an HL7 message (it must start with MSH)", ERR_DATA_TYPE)
-        self.plan = create_parse_plan(text)
+        fs = text[3]
+        line_end = text.find("\r")
+        if line_end < 0:
+            line_end = len(text)
+        msh2_end = text.find(fs, 4, line_end)  # MSH-3 and every later field start here
+        # create_parse_plan reads only up to the field separator after MSH-2.
+        self.plan = _parse_plan(text[: msh2_end + 1]) if 0 <= msh2_end < 16 else None
+        if self.plan is None:
+            self.plan = create_parse_plan(text)
         self.fs, self.rs, self.cs, self.ss = self.plan.separators[1:5]
         self.esc = self.plan.esc
+        # Every field but MSH-1 and MSH-2 (read as they are) lies after MSH-2; and the
+        # first segment's name is "MSH".
+        start = msh2_end if msh2_end >= 0 else line_end
+        self.plain = not any(
+            text.find(char, start) >= 0 or char in "MSH" for char in (self.rs, self.ss, self.esc)
+        )
         self.segments: list[list[str]] = []
+        self._by_name: dict[str, list[list[str]]] = {}
         for line in text.split("\r"):
             if not line:
                 continue
             if line.startswith("MSH"):
                 # python-hl7 numbering: MSH-1 is the field separator itself.
-                self.segments.append(["MSH", self.fs, *line[4:].split(self.fs)])
+                seg = ["MSH", self.fs, *line[4:].split(self.fs)]
             else:
-                self.segments.append(line.split(self.fs))
+                seg = line.split(self.fs)
+            self.segments.append(seg)
+            self._by_name.setdefault(seg[0], []).append(seg)
 
     def all(self, name: str) -> list[list[str]]:
-        return [seg for seg in self.segments if seg[0] == name]
+        return self._by_name.get(name, [])
 
     def components(self, seg: list[str], num: int, count: int) -> list[str]:
         """The first `count` components of field `num` (first repetition, first
@@ -358,6 +388,13 @@ class _Tokens:
         text = seg[num]
         if seg[0] == "MSH" and num in (1, 2):
             return text if comp == 1 and sub == 1 else ""
+        if self.plain:  # one subcomponent, nothing to unescape
+            if sub != 1:
+                return ""
+            if self.cs not in text:
+                return text if comp == 1 else ""
+            parts = text.split(self.cs)
+            return parts[comp - 1] if comp <= len(parts) else ""
         if self.rs in text:
             text = text.split(self.rs, 1)[0]
         if self.cs in text:
@@ -406,6 +443,7 @@ def parse_ts(value: str) -> datetime | None:
     return naive.replace(tzinfo=tz).astimezone(UTC)
 
 
+@lru_cache(maxsize=1024)
 def _parse_date(value: str) -> date | None:
     stamp = parse_ts(value[:8]) if len(value) >= 8 else None
     if stamp is None:
@@ -461,6 +499,8 @@ def _header(msg: _Tokens) -> Header:
 
 
 def _location(msg: _Tokens, seg: list[str], num: int) -> Location:
+    if num >= len(seg) or not seg[num]:
+        return Location()  # absent or empty (as PV1-6 mostly is): nothing to split
     return Location(
         ward=msg.value(seg, num, 1).strip(),
         room=msg.value(seg, num, 2).strip(),
@@ -490,7 +530,42 @@ def _visit(msg: _Tokens, pv1: list[str]) -> Visit:
     )
 
 
+#: OBX and OBX-1 … OBX-18: what `_obx` reads.
+_OBX_LENGTH = 19
+_PAD = ("",) * 6
+
+
 def _obx(msg: _Tokens, seg: list[str]) -> Obx:
+    if not msg.plain:
+        return _obx_escaped(msg, seg)
+    # Plain message (see `_Tokens`): what `_obx_escaped` reads, straight from the fields —
+    # a field's first component is its text up to the first component separator.
+    cs = msg.cs
+    if len(seg) < _OBX_LENGTH:
+        seg = seg + [""] * (_OBX_LENGTH - len(seg))
+    code, code_text, code_system, alt_code, _, alt_system = (*seg[3].split(cs), *_PAD)[:6]
+    unit_code, unit_text = (*seg[6].split(cs), *_PAD)[:2]
+    # Positional: keyword arguments cost as much again as the rest of this function.
+    return Obx(
+        seg[1].partition(cs)[0],  # set_id
+        seg[2].partition(cs)[0].strip().upper(),  # value_type
+        code.strip(),
+        code_text.strip(),
+        code_system.strip().upper(),
+        alt_code.strip(),
+        alt_system.strip().upper(),
+        seg[4].partition(cs)[0],  # sub_id
+        seg[5].partition(cs)[0].strip(),  # value
+        unit_code.strip(),
+        unit_text.strip(),
+        seg[11].partition(cs)[0].strip().upper(),  # status
+        parse_ts(seg[14].partition(cs)[0]),  # observed_at
+        seg[18].partition(cs)[0].strip()[:100],  # equipment
+    )
+
+
+def _obx_escaped(msg: _Tokens, seg: list[str]) -> Obx:
+    """`_obx` for any message: repetitions, subcomponents and escapes handled by `_Tokens`."""
     code, code_text, code_system, alt_code, _, alt_system = msg.components(seg, 3, 6)
     unit_code, unit_text = msg.components(seg, 6, 2)
     return Obx(
@@ -596,17 +671,37 @@ class VitalReading:
 
 def _parameter(obx: Obx) -> tuple[str, str | None] | None:
     """(parameter, MDC code or None) for an OBX code Lods knows, else None."""
-    for code, system in ((obx.code, obx.code_system), (obx.alt_code, obx.alt_system)):
-        if not code:
+    return _parameter_of(obx.code, obx.code_system, obx.alt_code, obx.alt_system, obx.code_text)
+
+
+@lru_cache(maxsize=1024)
+def _parameter_of(
+    code: str, code_system: str, alt_code: str, alt_system: str, code_text: str
+) -> tuple[str, str | None] | None:
+    for candidate, system in ((code, code_system), (alt_code, alt_system)):
+        if not candidate:
             continue
-        if system in ("MDC", "") and code in codes.MDC:
-            return codes.MDC[code].parameter, code
-        if system in ("LN", "LOINC", "") and code in codes.LOINC:
-            return codes.LOINC[code], None
-    if obx.code_text in codes.MDC_BY_REFERENCE:
-        mdc = codes.MDC_BY_REFERENCE[obx.code_text]
+        if system in ("MDC", "") and candidate in codes.MDC:
+            return codes.MDC[candidate].parameter, candidate
+        if system in ("LN", "LOINC", "") and candidate in codes.LOINC:
+            return codes.LOINC[candidate], None
+    if code_text in codes.MDC_BY_REFERENCE:
+        mdc = codes.MDC_BY_REFERENCE[code_text]
         return codes.MDC[mdc].parameter, mdc
     return None
+
+
+@lru_cache(maxsize=1024)
+def _unit(parameter: str, unit_code: str, unit_text: str) -> str:
+    """The unit to read a value in: OBX-6.1, or OBX-6.2 when 6.1 does not fit."""
+    if unit_code and unit_text and not codes.unit_fits(parameter, unit_code):
+        return unit_text
+    return unit_code
+
+
+#: `codes.check_coded` for the few short values monitors and charts send (ACVPU, air/O2);
+#: its `Reading` is immutable, so one can be shared.
+_check_coded = lru_cache(maxsize=256)(codes.check_coded)
 
 
 def vital_readings(message: ParsedMessage, *, received_at: datetime) -> list[VitalReading]:
@@ -615,7 +710,9 @@ def vital_readings(message: ParsedMessage, *, received_at: datetime) -> list[Vit
     default_time = message.obr_at or message.header.sent_at or received_at
     out: list[VitalReading] = []
     for obx in message.observations:
-        found = _parameter(obx)
+        found = _parameter_of(
+            obx.code, obx.code_system, obx.alt_code, obx.alt_system, obx.code_text
+        )
         if found is None:
             continue
         parameter, mdc = found
@@ -638,11 +735,11 @@ def vital_readings(message: ParsedMessage, *, received_at: datetime) -> list[Vit
             )
             continue
         if parameter in codes.CODED_PARAMETERS:
-            reading = codes.check_coded(parameter, obx.value)
+            value = obx.value
+            check = _check_coded if len(value) <= 64 else codes.check_coded
+            reading = check(parameter, value)
         else:
-            unit = obx.unit_code
-            if unit and obx.unit_text and not codes.unit_fits(parameter, unit):
-                unit = obx.unit_text
+            unit = _unit(parameter, obx.unit_code, obx.unit_text)
             if not obx.value:
                 reading = codes.Reading(
                     parameter,
@@ -654,6 +751,24 @@ def vital_readings(message: ParsedMessage, *, received_at: datetime) -> list[Vit
                     "no value",
                 )
             else:
+                # Fast path: a valid number needs no `Reading` (what check_value would say).
+                number = codes.valid_number(parameter, obx.value, unit)
+                if number is not None:
+                    out.append(
+                        VitalReading(
+                            parameter,
+                            codes.LOINC_OF[parameter],
+                            mdc,
+                            number,
+                            None,
+                            codes.UCUM_OF.get(parameter, ""),
+                            observed_at,
+                            True,
+                            None,
+                            obx.equipment,
+                        )
+                    )
+                    continue
                 reading = codes.check_value(parameter, obx.value, unit)
         out.append(
             VitalReading(

@@ -281,7 +281,10 @@ class Hl7Listener:
             )
         readings = None
         if received_at is not None and isinstance(message, hl7in.ParsedMessage) and message.is_oru:
-            readings = hl7in.vital_readings(message, received_at=received_at)
+            try:
+                readings = hl7in.vital_readings(message, received_at=received_at)
+            except Exception:  # intake reads them again and answers the message alone
+                log.exception("reading the vital signs of %s failed", message.header.control_id)
         return Inbound(message, job.connection.peer, readings)
 
     # --- the writer thread --------------------------------------------------------------------

@@ -361,6 +361,10 @@ class _Scorer:
             # A package's integrity check writes; on SQLite a reader may not be able to.
             log.info("scoring in a write transaction (the read transaction could not write)")
             plans = None
+        except Exception:
+            # Scored again below, one request at a time, where a failure is dealt with.
+            log.exception("working out the scores of requests %s failed", [r.id for r in requests])
+            plans = None
         ids = [r.id for r in requests]
         try:
             with self.turns.turn(), self.sessions() as db, db.begin():
