@@ -37,9 +37,7 @@ points of each part, the total and band only when every required parameter score
 
 from __future__ import annotations
 
-import dataclasses
 import functools
-from collections import defaultdict
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -560,21 +558,45 @@ class Part:
     problem: str | None = None
 
     def as_dict(self) -> dict[str, Any]:
+        observed = self.observed_at
+        code = self.code
+        if (
+            observed is not None
+            and code is not None
+            and self.source is not None
+            and self.observation_id is not None
+            and self.variant is None
+            and self.adjusted is None
+            and self.problem is None
+        ):  # the usual part, in one go (same keys, same order)
+            return {
+                "label": self.label,
+                "value": self.value,
+                "points": self.points,
+                "source": self.source,
+                "observation": self.observation_id,
+                "observed_at": (
+                    observed if observed.tzinfo else observed.replace(tzinfo=UTC)
+                ).isoformat(),
+                "code": _code_json(code),
+            }
         out: dict[str, Any] = {"label": self.label, "value": self.value, "points": self.points}
-        if self.source is not None:
-            out["source"] = self.source
-        if self.observation_id is not None:
-            out["observation"] = self.observation_id
-        if self.observed_at is not None:
-            out["observed_at"] = _iso(self.observed_at)
-        if self.variant is not None:
-            out["variant"] = self.variant
-        if self.code is not None:
-            out["code"] = dict(_code_dict(self.code))
-        if self.adjusted is not None:
-            out["adjusted"] = self.adjusted
-        if self.problem is not None:
-            out["problem"] = self.problem
+        if (source := self.source) is not None:
+            out["source"] = source
+        if (observation := self.observation_id) is not None:
+            out["observation"] = observation
+        if (observed := self.observed_at) is not None:
+            out["observed_at"] = (
+                observed if observed.tzinfo else observed.replace(tzinfo=UTC)
+            ).isoformat()
+        if (variant := self.variant) is not None:
+            out["variant"] = variant
+        if (code := self.code) is not None:
+            out["code"] = _code_json(code)
+        if (adjusted := self.adjusted) is not None:
+            out["adjusted"] = adjusted
+        if (problem := self.problem) is not None:
+            out["problem"] = problem
         return out
 
 
@@ -625,6 +647,20 @@ def _code_dict(code: Code) -> dict[str, Any]:
     return code.model_dump()
 
 
+#: {id(code): (code, its JSON)}: `_code_dict` without hashing the (pydantic) code.
+_CODE_JSON: dict[int, tuple[Code, dict[str, Any]]] = {}
+
+
+def _code_json(code: Code) -> dict[str, Any]:
+    """A fresh copy of `code` as JSON."""
+    held = _CODE_JSON.get(id(code))
+    if held is None or held[0] is not code:
+        if len(_CODE_JSON) >= 256:
+            _CODE_JSON.clear()
+        held = _CODE_JSON[id(code)] = (code, _code_dict(code))
+    return dict(held[1])
+
+
 def _iso(value: datetime) -> str:
     return (value if value.tzinfo else value.replace(tzinfo=UTC)).isoformat()
 
@@ -659,33 +695,6 @@ def as_readings(readings: Iterable[Reading] | Mapping[str, Any]) -> list[Reading
             for k, v in readings.items()
         ]
     return [r if isinstance(r, Reading) else reading_from_dict(r) for r in readings]
-
-
-def _newest(
-    parameter: Parameter, by_source: Mapping[str, list[Reading]], now: datetime | None
-) -> tuple[Reading | None, datetime | None]:
-    """(newest fresh valid reading of any source, time of a newer-but-stale one if none)."""
-    candidates = [r for key in parameter.source_keys for r in by_source.get(key, ())]
-    if len(candidates) > 1:
-        candidates.sort(
-            key=lambda r: _aware(r.observed_at) if r.observed_at else _EARLIEST,
-            reverse=True,
-        )
-    if now is None:
-        return (candidates[0] if candidates else None), None
-    window = timedelta(minutes=parameter.freshness_minutes)
-    stale_at = None
-    for reading in candidates:
-        if reading.observed_at is None:
-            return reading, None
-        age = now - _aware(reading.observed_at)
-        if age > window:
-            stale_at = stale_at or _aware(reading.observed_at)
-            continue
-        if age < -FUTURE_TOLERANCE:
-            continue
-        return reading, None
-    return None, stale_at
 
 
 def _select_bands(
@@ -735,48 +744,6 @@ def _compiled(
     return _compile(bands, resolution)
 
 
-def _band_points(
-    compiled: _Compiled, parameter: Parameter, reading: Reading, context: Mapping[str, str]
-) -> tuple[int | None, float | str | None, str | None]:
-    """(points, the value as scored, problem)."""
-    if parameter.kind == "coded":
-        text = (reading.text or "").strip()
-        if not text:
-            return None, None, "a coded value is expected"
-        points = compiled.coded.get(text.casefold())
-        if points is None:
-            return None, text, f"{text!r} is not a value of the table"
-        return points, text, None
-    if reading.value is None:
-        return None, reading.text, "a number is expected"
-    try:
-        rounded = Decimal(repr(reading.value)).quantize(parameter.resolution, ROUND_HALF_UP)
-    except (InvalidOperation, ValueError):
-        return None, None, "the value is not a number"
-    steps = _grid(rounded, parameter.resolution)
-    scored: float = float(rounded)
-    domain = parameter.domain
-    if domain is not None and (
-        (domain.min is not None and rounded < domain.min)
-        or (domain.max is not None and rounded > domain.max)
-    ):
-        return None, scored, f"{scored:g} is outside the scale {domain.text()}"
-    needs: set[str] = set()
-    for low, high, points, when, values in compiled.ranges:
-        if when is not None:
-            held = context.get(when)
-            if held is None:
-                needs.add(when)
-                continue
-            if held not in values:
-                continue
-        if (low is None or steps >= low) and (high is None or steps <= high):
-            return points, scored, None
-    if needs:
-        return None, scored, f"scoring {scored:g} needs {', '.join(sorted(needs))}"
-    return None, scored, f"{scored:g} is outside every band"
-
-
 def _override(
     parameter: Parameter, options: Mapping[str, Any], table: ScoreTable
 ) -> tuple[list[Band] | None, dict[str, Any] | None, str | None]:
@@ -808,6 +775,203 @@ def _override(
     return bands, adjusted, None
 
 
+class _ParameterPlan:
+    """One parameter ready for `evaluate`: its sources, freshness window and own bands
+    compiled, resolved once per table."""
+
+    __slots__ = (
+        "bands",
+        "code",
+        "coded",
+        "key",
+        "label",
+        "own",
+        "parameter",
+        "resolution",
+        "rounded",
+        "sources",
+        "window",
+    )
+
+    def __init__(self, parameter: Parameter, owned: dict[int, tuple[list[Band], _Compiled]]):
+        self.parameter = parameter
+        self.key = parameter.key
+        self.label = parameter.label
+        self.coded = parameter.kind == "coded"
+        self.sources = tuple(parameter.source_keys)
+        self.window = timedelta(minutes=parameter.freshness_minutes)
+        self.bands = parameter.bands
+        self.code = parameter.code
+        self.own = _compiled(owned, parameter.bands, parameter.resolution)
+        self.resolution = parameter.resolution
+        #: {repr of a value: (steps, value as scored, problem)}: the rounding of
+        #: `_points`, which depends on nothing else (see `_rounded`).
+        self.rounded: dict[str, tuple[int | None, float | None, str | None]] = {}
+
+
+class _Plan:
+    """A table ready for `evaluate`."""
+
+    __slots__ = ("coded", "owned", "parameters", "required", "rules")
+
+    def __init__(self, table: ScoreTable) -> None:
+        self.owned = table._compiled
+        self.parameters = tuple(_ParameterPlan(p, self.owned) for p in table.parameters)
+        self.coded = frozenset(p.key for p in table.parameters if p.kind == "coded")
+        self.required = tuple(table.required_keys)
+        self.rules = tuple((r.when, r, table.risk_band(r.band)) for r in table.risk_rules)
+
+
+#: {id(table): (table, its plan)}, made on first use (a process holds a few tables).
+_PLANS: dict[int, tuple[ScoreTable, _Plan]] = {}
+_PLANS_HELD = 64
+
+
+_ROUNDED_HELD = 4096
+_NOT_A_NUMBER: tuple[None, None, str] = (None, None, "the value is not a number")
+
+
+def _plan(table: ScoreTable) -> _Plan:
+    held = _PLANS.get(id(table))
+    if held is not None and held[0] is table:
+        return held[1]
+    plan = _Plan(table)
+    if len(_PLANS) >= _PLANS_HELD:
+        _PLANS.clear()
+    _PLANS[id(table)] = (table, plan)
+    return plan
+
+
+def _rounded(item: _ParameterPlan, value: Any) -> tuple[int | None, float | None, str | None]:
+    """(steps of the resolution, the value as scored, a problem) of a numeric reading, as
+    `_points` scores it: `Decimal(repr(value))` rounded half-up, so the outcome
+    depends on `repr(value)` alone and is kept per parameter."""
+    try:
+        text = repr(value)
+    except (InvalidOperation, ValueError):
+        return _NOT_A_NUMBER
+    held = item.rounded.get(text)
+    if held is not None:
+        return held
+    resolution = item.resolution
+    try:
+        rounded = Decimal(text).quantize(resolution, ROUND_HALF_UP)
+    except (InvalidOperation, ValueError):
+        result: tuple[int | None, float | None, str | None] = _NOT_A_NUMBER
+    else:
+        steps = _grid(rounded, resolution)  # raises for NaN (not held)
+        scored = float(rounded)
+        domain = item.parameter.domain
+        problem = None
+        if domain is not None and (
+            (domain.min is not None and rounded < domain.min)
+            or (domain.max is not None and rounded > domain.max)
+        ):
+            problem = f"{scored:g} is outside the scale {domain.text()}"
+        result = (steps, scored, problem)
+    if len(item.rounded) >= _ROUNDED_HELD:
+        item.rounded.clear()
+    item.rounded[text] = result
+    return result
+
+
+#: A reading inside `evaluate`: (parameter, value, text, observed_at, id).
+_Row = tuple[Any, Any, Any, Any, Any]
+
+
+def _rows(readings: Iterable[Reading] | Mapping[str, Any]) -> list[_Row]:
+    """The valid readings as `_Row`s; the same conversions, in the same order (and so
+    the same errors), as `as_readings`."""
+    if isinstance(readings, Mapping):
+        return [(r.parameter, r.value, r.text, None, None) for r in as_readings(readings)]
+    rows: list[_Row] = []
+    fromisoformat = datetime.fromisoformat
+    for r in readings:
+        if isinstance(r, Reading):
+            if r.valid:
+                rows.append((r.parameter, r.value, r.text, r.observed_at, r.id))
+            continue
+        observed = r.get("observed_at")
+        if isinstance(observed, str):
+            observed = fromisoformat(observed)
+        value = r.get("value")
+        parameter = str(r["parameter"])
+        if value is not None:
+            value = float(value)
+        text = r.get("value_text")
+        ident = r.get("id")
+        if bool(r.get("valid", True)):
+            rows.append((parameter, value, text, observed, ident))
+    return rows
+
+
+def _newest_row(
+    item: _ParameterPlan, by_source: Mapping[str, list[_Row]], now: datetime | None
+) -> tuple[_Row | None, datetime | None]:
+    """(newest fresh valid reading of any source, time of a newer-but-stale one if none)."""
+    sources = item.sources
+    if len(sources) == 1:
+        candidates = by_source.get(sources[0], ())
+    else:
+        candidates = [r for key in sources for r in by_source.get(key, ())]
+    if len(candidates) > 1:
+        candidates = sorted(
+            candidates,
+            key=lambda r: _aware(r[3]) if r[3] else _EARLIEST,
+            reverse=True,
+        )
+    if now is None:
+        return (candidates[0] if candidates else None), None
+    stale_at = None
+    for reading in candidates:
+        observed = reading[3]
+        if observed is None:
+            return reading, None
+        age = now - _aware(observed)
+        if age > item.window:
+            stale_at = stale_at or _aware(observed)
+            continue
+        if age < -FUTURE_TOLERANCE:
+            continue
+        return reading, None
+    return None, stale_at
+
+
+def _points(
+    compiled: _Compiled, item: _ParameterPlan, reading: _Row, context: Mapping[str, str]
+) -> tuple[int | None, float | str | None, str | None]:
+    """(points, the value as scored, problem) of `reading` under `compiled`."""
+    if item.coded:
+        text = (reading[2] or "").strip()
+        if not text:
+            return None, None, "a coded value is expected"
+        points = compiled.coded.get(text.casefold())
+        if points is None:
+            return None, text, f"{text!r} is not a value of the table"
+        return points, text, None
+    if reading[1] is None:
+        return None, reading[2], "a number is expected"
+    steps, scored, problem = _rounded(item, reading[1])
+    if steps is None or problem is not None:
+        return None, scored, problem
+    needs: set[str] | None = None
+    for low, high, points, when, values in compiled.ranges:
+        if when is not None:
+            held = context.get(when)
+            if held is None:
+                if needs is None:
+                    needs = set()
+                needs.add(when)
+                continue
+            if held not in values:
+                continue
+        if (low is None or steps >= low) and (high is None or steps <= high):
+            return points, scored, None
+    if needs:
+        return None, scored, f"scoring {scored:g} needs {', '.join(sorted(needs))}"
+    return None, scored, f"{scored:g} is outside every band"
+
+
 def evaluate(
     table: ScoreTable,
     readings: Iterable[Reading] | Mapping[str, Any],
@@ -821,91 +985,113 @@ def evaluate(
     from the future); without it, every reading counts. The total and band are given
     only when every required parameter scored."""
     options = options or {}
-    items = as_readings(readings)
+    rows = _rows(readings)
     now = _aware(now) if now is not None else None
-    by_source: dict[str, list[Reading]] = defaultdict(list)
-    for item in items:
-        if item.valid:
-            by_source[item.parameter].append(item)
-    chosen: dict[str, Reading] = {}
+    plan = _plan(table)
+    by_source: dict[str, list[_Row]] = {}
+    for row in rows:
+        held = by_source.get(row[0])
+        if held is None:
+            by_source[row[0]] = [row]
+        else:
+            held.append(row)
+    chosen: list[tuple[_ParameterPlan, _Row]] = []
     stale: dict[str, datetime] = {}
-    for parameter in table.parameters:
-        reading, stale_at = _newest(parameter, by_source, now)
+    for item in plan.parameters:
+        reading, stale_at = _newest_row(item, by_source, now)
         if reading is not None:
-            chosen[parameter.key] = reading
+            chosen.append((item, reading))
         elif stale_at is not None:
-            stale[parameter.key] = stale_at
+            stale[item.key] = stale_at
+    coded = plan.coded
     context = {
-        k: (r.text or "").strip().casefold()
-        for k, r in chosen.items()
-        if table.parameter(k).kind == "coded" and r.text
+        item.key: (reading[2] or "").strip().casefold()
+        for item, reading in chosen
+        if item.key in coded and reading[2]
     }
     parts: dict[str, Part] = {}
     problems: list[str] = []
-    owned = table._compiled
-    for parameter in table.parameters:
-        reading = chosen.get(parameter.key)
-        if reading is None:
-            continue
-        bands, variant, code = _select_bands(parameter, options)
-        override, adjusted, problem = _override(parameter, options, table)
-        if override is not None:
-            bands = override
-        elif problem is not None:
-            problems.append(problem)
-            problem = None
+    owned = plan.owned
+    for item, reading in chosen:
+        parameter = item.parameter
+        if options:
+            bands, variant, code = _select_bands(parameter, options)
+            override, adjusted, problem = _override(parameter, options, table)
+            if override is not None:
+                bands = override
+            elif problem is not None:
+                problems.append(problem)
+                problem = None
+        else:
+            bands, variant, code = item.bands, None, item.code
+            adjusted = problem = None
         points: int | None = None
-        value: float | str | None = reading.value if reading.value is not None else reading.text
+        value: float | str | None = reading[1] if reading[1] is not None else reading[2]
         if problem is None:
-            compiled = _compiled(owned, bands, parameter.resolution)
-            points, value, problem = _band_points(compiled, parameter, reading, context)
-        parts[parameter.key] = Part(
-            key=parameter.key,
-            label=parameter.label,
+            compiled = item.own if bands is item.bands else _compiled(owned, bands, item.resolution)
+            points, value, problem = _points(compiled, item, reading, context)
+        part = Part(
+            key=item.key,
+            label=item.label,
             points=points,
             value=value,
-            source=reading.parameter,
-            observation_id=reading.id,
-            observed_at=reading.observed_at,
+            source=reading[0],
+            observation_id=reading[4],
+            observed_at=reading[3],
             variant=variant,
             code=code,
             adjusted=adjusted,
             problem=problem,
         )
-    missing = [k for k in table.required_keys if k not in parts or parts[k].points is None]
-    complete = not missing
-    times = [_aware(p.observed_at) for p in parts.values() if p.observed_at is not None]
-    result = Evaluation(
-        score_name=table.name,
-        table_version=table.version,
-        parts=parts,
-        total=None,
-        band=None,
-        missing=missing,
-        complete=complete,
-        next_due_minutes=None,
-        observed_at=max(times) if times else None,
-        stale=stale,
-        problems=problems,
-    )
-    if not complete:
-        return result
-    scored = [p.points for p in parts.values() if p.points is not None]
-    total = sum(scored)
-    top = max(scored, default=0)
-    rule = next((r for r in table.risk_rules if r.when.matches(total, top)), None)
-    if rule is None:  # table_problems guarantees a rule for every total
+        parts[item.key] = part
+    newest: datetime | None = None
+    for part in parts.values():
+        if part.observed_at is not None:
+            observed = _aware(part.observed_at)
+            if newest is None or observed > newest:
+                newest = observed
+    missing = [k for k in plan.required if k not in parts or parts[k].points is None]
+    if missing:
+        return Evaluation(
+            table.name,
+            table.version,
+            parts,
+            None,
+            None,
+            missing,
+            False,
+            None,
+            observed_at=newest,
+            stale=stale,
+            problems=problems,
+        )
+    total = 0
+    top = 0
+    for part in parts.values():
+        if part.points is not None:
+            total += part.points
+            if part.points > top:
+                top = part.points
+    found = next((r for r in plan.rules if r[0].matches(total, top)), None)
+    if found is None:  # table_problems guarantees a rule for every total
         raise AssertionError(f"no risk rule for total {total}")
-    band = table.risk_band(rule.band)
-    return dataclasses.replace(
-        result,
-        total=total,
-        band=band.key,
+    _, rule, band = found
+    return Evaluation(
+        table.name,
+        table.version,
+        parts,
+        total,
+        band.key,
+        missing,
+        True,
+        rule.monitoring_minutes,
         band_label=band.label,
         colour=band.colour,
-        next_due_minutes=rule.monitoring_minutes,
         monitoring=rule.monitoring,
         response=rule.response,
+        observed_at=newest,
+        stale=stale,
+        problems=problems,
     )
 
 

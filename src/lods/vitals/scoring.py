@@ -476,19 +476,20 @@ class _Scored:
 def _payload(
     readings: dict[str, Row[Any]], options: dict[str, Any], now: datetime
 ) -> dict[str, Any]:
-    return {
-        "readings": [
+    out: list[dict[str, Any]] = []
+    for row in readings.values():
+        # By key through the row's mapping: several times cheaper than Row attributes.
+        r = row._mapping
+        out.append(
             {
-                "parameter": r.parameter,
-                "value": r.value,
-                "value_text": r.value_text,
-                "observed_at": r.observed_at,
-                "id": r.id,
+                "parameter": r["parameter"],
+                "value": r["value"],
+                "value_text": r["value_text"],
+                "observed_at": r["observed_at"],
+                "id": r["id"],
             }
-            for r in readings.values()
-        ],
-        "options": options,
-    }
+        )
+    return {"readings": out, "options": options}
 
 
 def _score_row(
