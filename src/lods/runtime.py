@@ -18,6 +18,13 @@ class Runtime:
     settings: Settings
     engine: Engine
     sessions: sessionmaker[Session]
+    #: On SQLite, an engine whose transactions begin as readers (`reading`).
+    read_engine: Engine | None = None
+
+    def __post_init__(self) -> None:
+        self._readers = (
+            make_session_factory(self.read_engine) if self.read_engine is not None else None
+        )
 
     @classmethod
     def open(cls, settings: Settings, *, migrate: bool = True) -> Runtime:
@@ -27,10 +34,25 @@ class Runtime:
         if migrate:
             upgrade(url)
         engine = make_engine(url)
-        return cls(settings=settings, engine=engine, sessions=make_session_factory(engine))
+        return cls(
+            settings=settings,
+            engine=engine,
+            sessions=make_session_factory(engine),
+            read_engine=make_engine(url, reads_first=True)
+            if engine.dialect.name == "sqlite"
+            else None,
+        )
+
+    def reading(self) -> Session:
+        """A session for looking before writing (the pollers' checks). On SQLite its
+        transaction is a snapshot that does not take the write lock — a poller every
+        200 ms would otherwise hold it up for the MLLP listener. It must not write."""
+        return (self._readers or self.sessions)()
 
     def close(self) -> None:
         self.engine.dispose()
+        if self.read_engine is not None:
+            self.read_engine.dispose()
 
 
 def settle_garbage_collector() -> None:

@@ -28,6 +28,19 @@ log = logging.getLogger(__name__)
 STABLE = "stable"
 
 
+def stable_candidates(db: Session, *, quiet_seconds: float, now: datetime, limit: int) -> list[int]:
+    """Studies not yet stable whose last instance came `quiet_seconds` or more ago."""
+    cutoff = now - timedelta(seconds=quiet_seconds)
+    return list(
+        db.scalars(
+            select(Study.id)
+            .where(Study.stable_at.is_(None), Study.last_received_at <= cutoff)
+            .order_by(Study.last_received_at)
+            .limit(limit)
+        )
+    )
+
+
 def mark_stable_studies(
     db: Session, *, quiet_seconds: float, now: datetime | None = None, limit: int = 500
 ) -> list[int]:
@@ -39,14 +52,7 @@ def mark_stable_studies(
     """
     now = now or utcnow()
     cutoff = now - timedelta(seconds=quiet_seconds)
-    candidates = list(
-        db.scalars(
-            select(Study.id)
-            .where(Study.stable_at.is_(None), Study.last_received_at <= cutoff)
-            .order_by(Study.last_received_at)
-            .limit(limit)
-        )
-    )
+    candidates = stable_candidates(db, quiet_seconds=quiet_seconds, now=now, limit=limit)
     marked: list[int] = []
     for study_id in candidates:
         row = db.execute(
@@ -80,6 +86,10 @@ class StableStudyWatcher(PollingThread):
 
     def poll_once(self) -> list[int]:
         """Return the studies marked stable by one committed pass."""
+        quiet = self.runtime.settings.stable_seconds
+        with self.runtime.reading() as db:  # most passes find nothing: no write lock then
+            if not stable_candidates(db, quiet_seconds=quiet, now=utcnow(), limit=1):
+                return []
         with self.runtime.sessions() as db, db.begin():
             marked = mark_stable_studies(db, quiet_seconds=self.runtime.settings.stable_seconds)
         if marked:

@@ -15,11 +15,11 @@ log = logging.getLogger(__name__)
 def route_pending(runtime: Runtime, store: BlobStore | None = None) -> int:
     """Route every pending event once; return how many were decided here."""
     store = store or BlobStore.from_settings(runtime.settings)
-    with runtime.sessions() as db:
+    with runtime.reading() as db:
         event_ids = pending_events(db)
     done = 0
     for event_id in event_ids:
-        with runtime.sessions() as db:
+        with runtime.reading() as db:
             study_input = read_input(db, event_id=event_id)
         if study_input is None:
             continue
