@@ -177,6 +177,7 @@ def test_a_nurse_sees_an_alarm_arrive_and_acknowledges_it_on_the_tile(
             phone.wait_for_selector(f"#ph-alarms .alarm[data-alert-id='{second}']")
             assert first_card.get_attribute("data-alert-id") == str(second)
             button = phone.locator(f"#ph-alarms button[data-ack='{second}']")
+            button.wait_for(state="visible")  # the list may be redrawn as events arrive
             box = button.bounding_box()
             assert box is not None and box["width"] > 300 and box["height"] >= 44  # thumb-sized
             assert phone.locator("#ph-beds li").count() == 8

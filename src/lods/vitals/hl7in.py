@@ -669,15 +669,12 @@ class VitalReading:
     equipment: str
 
 
-def _parameter(obx: Obx) -> tuple[str, str | None] | None:
-    """(parameter, MDC code or None) for an OBX code Lods knows, else None."""
-    return _parameter_of(obx.code, obx.code_system, obx.alt_code, obx.alt_system, obx.code_text)
-
-
 @lru_cache(maxsize=1024)
 def _parameter_of(
     code: str, code_system: str, alt_code: str, alt_system: str, code_text: str
 ) -> tuple[str, str | None] | None:
+    """(parameter, MDC code or None) for an OBX code Lods knows (OBX-3.1/3.3, else the
+    alternate 3.4/3.6, else the MDC reference name in 3.2), else None."""
     for candidate, system in ((code, code_system), (alt_code, alt_system)):
         if not candidate:
             continue
