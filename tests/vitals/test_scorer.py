@@ -88,6 +88,18 @@ def exchange(sock: socket.socket, message: str, buffer: bytearray) -> tuple[str,
     return ack_fields(read_ack(sock, buffer))
 
 
+def send_sets(listener: Hl7Listener, prefix: str, bed: str, sets: int) -> None:
+    """Send `sets` ORU of the patient in `bed`, one at a time; each ACK means scored."""
+    rt = listener.runtime
+    before = count(rt, EarlyWarningScore)
+    with connect(listener) as sock:
+        buffer = bytearray()
+        for n in range(sets):
+            message = oru(f"{prefix}-{n}", f"P{bed}", "W7", bed, LOW, ts(n), site="north")
+            assert exchange(sock, message, buffer)[:2] == ("AA", f"{prefix}-{n}")
+            assert count(rt, EarlyWarningScore) == before + n + 1
+
+
 def count(rt: Runtime, model: type) -> int:
     with rt.sessions() as db:
         return int(db.scalar(select(func.count()).select_from(model)) or 0)
@@ -110,12 +122,7 @@ def test_the_ack_comes_after_the_score_is_stored(ward: Runtime, scoring: str) ->
     listener = started(ward, scoring)
     assert (listener.scorer is None) == (scoring == "inline")
     try:
-        with connect(listener) as sock:
-            buffer = bytearray()
-            for n in range(3):
-                message = oru(f"s-{n}", "P1", "W7", "1", LOW, ts(n), site="north")
-                assert exchange(sock, message, buffer)[:2] == ("AA", f"s-{n}")
-                assert count(ward, EarlyWarningScore) == n + 1
+        send_sets(listener, "s", "1", 3)
     finally:
         listener.stop()
     assert count(ward, ScoreRequest) == 0
@@ -203,12 +210,7 @@ def test_a_scorer_that_keeps_dying_is_replaced_by_a_thread(
     monkeypatch.setattr(mllp_module, "ScorerProcess", _Broken)
     listener = started(ward, "process")
     try:
-        with connect(listener) as sock:
-            buffer = bytearray()
-            for n in range(2):
-                message = oru(f"f-{n}", "P4", "W7", "4", LOW, ts(n), site="north")
-                assert exchange(sock, message, buffer)[:2] == ("AA", f"f-{n}")
-                assert count(ward, EarlyWarningScore) == n + 1
+        send_sets(listener, "f", "4", 2)
         assert listener.scorer is not None and listener.scorer.in_thread
         assert listener.scorer.starts == scorer_module.FALLBACK_AFTER + 1
     finally:
