@@ -46,12 +46,12 @@ from typing import Any
 
 from sqlalchemy import delete, select
 from sqlalchemy.exc import OperationalError
-from sqlalchemy.orm import Session, sessionmaker
+from sqlalchemy.orm import Session
 
 from lods.alerts import live
 from lods.config import Settings
-from lods.db import make_engine, make_session_factory
-from lods.runtime import settle_garbage_collector
+from lods.runtime import Runtime, settle_garbage_collector
+from lods.vitals import scoring
 from lods.vitals.models import ScoreRequest
 
 log = logging.getLogger(__name__)
@@ -292,19 +292,15 @@ class _Scorer:
         self.settings = settings
         self.conn = conn
         self.hub = hub
-        url = settings.resolved_database_url
-        self.engine = make_engine(url)
-        self.reader = make_engine(url, reads_first=True)
-        self.sessions: sessionmaker[Session] = make_session_factory(self.engine)
-        self.read_sessions: sessionmaker[Session] = make_session_factory(self.reader)
+        self.runtime = Runtime.open(settings, migrate=False)
+        self.sessions = self.runtime.sessions
         #: Ids scored from the table at start; the same ids may also come down the pipe.
         self.recovered: set[int] = set()
         self.turns = WriteTurns(settings)
 
     def close(self) -> None:
         self.turns.close()
-        self.engine.dispose()
-        self.reader.dispose()
+        self.runtime.close()
 
     def recover(self) -> list[Request]:
         """Tell the listener which requests are left in the table, and return them."""
@@ -345,14 +341,12 @@ class _Scorer:
             self._score_round(round_)
 
     def _score_round(self, requests: list[Request]) -> None:
-        from lods.vitals.scoring import plan_scores, score_after_intake, store_scores
-
         settings = self.settings
         plans: list[Any] | None = []
         try:
-            with self.read_sessions() as db, db.begin():
+            with self.runtime.reading() as db, db.begin():
                 plans = [
-                    plan_scores(
+                    scoring.plan_scores(
                         db, patient_fks=r.patient_fks, now=r.requested_at, settings=settings
                     )
                     for r in requests
@@ -370,7 +364,7 @@ class _Scorer:
             with self.turns.turn(), self.sessions() as db, db.begin():
                 if plans is None:
                     for r in requests:
-                        score_after_intake(
+                        scoring.score_after_intake(
                             db,
                             patient_fks=r.patient_fks,
                             now=r.requested_at,
@@ -379,7 +373,7 @@ class _Scorer:
                         )
                 else:
                     for plan in plans:
-                        store_scores(db, plan, settings=settings)
+                        scoring.store_scores(db, plan, settings=settings)
                 _forget(db, ids)
         except Exception:
             self.hub.take()
